@@ -1,0 +1,1 @@
+"""Hydra config tree (a package so installed entry points can find it)."""

@@ -1,0 +1,119 @@
+"""wandb dashboards: run names that say what a sweep point is, and tables of sample generations.
+
+Naming (applied by lnrl.train to every WandbLogger whose field is left null in the config):
+
+    group   the sweep: "<sweep preset or task name>/<sweep dir name>" in multirun mode, or $LNRL_WANDB_GROUP
+            (scripts/sweep_torchrun.py sets it, since each of its points is a single run); null otherwise
+    name    the point's overrides, e.g. "loss.beta=0.5,loss.normalize=mean,seed=1" (hydra.job.override_dirname
+            without the sweep=... choice, which is already the group); null (wandb picks one) without overrides
+    tags    cfg.tags + method=<preset>, loss=<name>, data=<source>, kind=<sft|pairs|groups>
+
+Sample generations: `log_generation_table` logs one wandb.Table per evaluation ("samples/before",
+"samples/after") with question, reference answer, completion, extracted answer, correctness, token
+count and, when lnrl.verify has a MathVerifier, its wrongness/absurdity and full error profile.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+GROUP_ENV = "LNRL_WANDB_GROUP"
+MAX_TABLE_ROWS = 200  # a table per evaluation; bounded so a 1k-question eval does not bloat the run
+
+
+def _hydra():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def run_names(cfg: DictConfig) -> dict[str, Any]:
+    """{"name", "group", "tags"} for the current run, derived from Hydra's runtime config and `cfg`."""
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    choices = dict(hc.runtime.choices) if hc is not None else {}
+    group = os.environ.get(GROUP_ENV) or None
+    if hc is not None and hc.mode == RunMode.MULTIRUN and group is None:
+        sweep = choices.get("sweep") or cfg.get("task_name") or hc.job.name
+        group = f"{sweep}/{Path(hc.sweep.dir).name}"
+    overrides = [o for o in (hc.overrides.task if hc is not None else [])
+                 if not o.split("=", 1)[0].lstrip("+~").startswith(("sweep", "hydra."))]
+    name = ",".join(sorted(overrides)) or None
+
+    tags = [str(t) for t in (cfg.get("tags") or [])]
+    method = choices.get("method") or str(OmegaConf.select(cfg, "method._target_", default="") or "").rsplit(".", 1)[-1]
+    for key, value in (("method", method), ("loss", OmegaConf.select(cfg, "loss.name")),
+                       ("data", OmegaConf.select(cfg, "data.source.name")), ("kind", OmegaConf.select(cfg, "data.kind"))):
+        if value:
+            tags.append(f"{key}={value}")
+    return {"name": name, "group": group, "tags": list(dict.fromkeys(tags))}  # dedupe, keep order
+
+
+def name_wandb_run(logger_cfg: DictConfig | None, cfg: DictConfig) -> DictConfig | None:
+    """A copy of the `logger:` node whose WandbLogger entries get `run_names` where left null/empty."""
+    if not logger_cfg or not any(_is_wandb(c) for c in logger_cfg.values()):
+        return logger_cfg
+    names = run_names(cfg)
+    out = copy.deepcopy(logger_cfg)
+    with open_dict(out):
+        for node in out.values():
+            if not _is_wandb(node):
+                continue
+            for key, value in names.items():
+                if value and not node.get(key):
+                    node[key] = value
+    return out
+
+
+def _is_wandb(node: Any) -> bool:
+    return isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith("WandbLogger")
+
+
+def _verifier():
+    try:
+        from lnrl.verify import MathVerifier
+    except ImportError:  # the verifier is optional here: the table just has no profile columns
+        return None
+    return MathVerifier()
+
+
+def generation_table(records: Sequence[dict], max_rows: int | None = MAX_TABLE_ROWS,
+                     verifier: Any = "auto") -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of a sample-generation table from GenerationEval records."""
+    verifier = _verifier() if verifier == "auto" else verifier
+    columns = ["id", "question", "answer", "completion", "pred", "correct", "n_tokens"]
+    if verifier is not None:
+        columns += ["wrongness", "absurdity", "profile"]
+    rows = []
+    for r in records[:max_rows]:
+        row = [r.get(c) for c in columns[:7]]
+        if verifier is not None:
+            p = verifier.profile(r.get("question", ""), r.get("completion", ""), r.get("answer", ""),
+                                 truncated=bool(r.get("truncated", False))).to_dict()
+            row += [p.get("wrongness"), p.get("absurdity"), json.dumps(p, sort_keys=True)]
+        rows.append(row)
+    return columns, rows
+
+
+def log_generation_table(loggers: Sequence[Any], records: Sequence[dict], tag: str, step: int) -> None:
+    """Log `samples/<tag>` (a wandb.Table of sample generations) to every WandbLogger in `loggers`."""
+    from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    targets = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not targets or not records or rank_zero_only.rank != 0:  # loggers write on rank 0 only
+        return
+    columns, rows = generation_table(records)
+    for lg in targets:
+        lg.log_table(key=f"samples/{tag}", columns=columns, data=rows, step=step)

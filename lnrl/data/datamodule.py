@@ -1,0 +1,226 @@
+"""One LightningDataModule for every method: SFT rows, preference pairs or k-response groups.
+
+    source ─► SourceSplit(train, eval) ─► kind="sft":    gold CoTs of the train split
+                                       └► kind="pairs":  make_pairs(read_groups(prefs_path))
+                                       └► kind="groups": read_groups(prefs_path)
+    eval split ─► val_dataloader (gold CoTs, SFT batches for val NLL) and eval_examples (for generation)
+
+Everything is tokenized once in setup; what was truncated, dropped or skipped is counted in
+`dm.stats` and logged, never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from lnrl.data.collate import GroupCollator, PairCollator, SFTCollator
+from lnrl.data.pairs import Pair, make_pairs
+from lnrl.data.records import DataError, Example, GroupRecord, check_on_error, read_groups
+from lnrl.data.sources import SourceSplit, _plain, build_source
+from lnrl.data.tokenize import OVERLONG, encode_completion, encode_prompt, join
+
+log = logging.getLogger(__name__)
+
+KINDS = ("sft", "pairs", "groups")
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation that depends only on (seed, epoch).
+
+    Lightning calls set_epoch at the start of every epoch (through its distributed wrapper too), so
+    a run resumed at epoch e sees exactly the order the uninterrupted run saw.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class LnrlDataModule(L.LightningDataModule):
+    def __init__(self, source: dict, kind: str = "sft", prefs_path: str | None = None, pairing: str = "all",
+                 gold_as_chosen: bool = True, weight_field: str | None = None, max_length: int = 512,
+                 overlong: str = "truncate", on_error: str = "raise", batch_size: int = 4,
+                 eval_batch_size: int = 8, num_workers: int = 0, system_prompt: str | None = None,
+                 tokenizer=None, seed: int = 0):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"data.kind={kind!r}; expected one of {KINDS}")
+        if kind != "sft" and not prefs_path:
+            raise ValueError(f"data.kind={kind} needs data.prefs_path (a group JSONL written by the sampling stage)")
+        if overlong not in OVERLONG:
+            raise ValueError(f"data.overlong={overlong!r}; expected one of {OVERLONG}")
+        check_on_error(on_error)
+        self.source = dict(_plain(source))
+        self.kind, self.prefs_path, self.pairing = kind, prefs_path, pairing
+        self.gold_as_chosen, self.weight_field = gold_as_chosen, weight_field
+        self.max_length, self.overlong, self.on_error = int(max_length), overlong, on_error
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.system_prompt, self.tokenizer, self.seed = system_prompt, tokenizer, seed
+        self.split_info: dict = {}
+        self.stats: dict = {}
+        self._split: SourceSplit | None = None
+        self._train: list[dict] = []
+        self._val: list[dict] = []
+        self.groups: list[GroupRecord] = []
+        self.pairs: list[Pair] = []
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._split is not None:  # idempotent: Lightning calls setup once per stage
+            return
+        if self.tokenizer is None:
+            raise RuntimeError("LnrlDataModule.setup: no tokenizer; set dm.tokenizer = tok before setup")
+        split = build_source(self.source, on_error=self.on_error)
+        stats: dict = {"source_skipped": split.info.get("skipped", 0)}
+        self._val = self._encode_examples(split.eval, stats, "val")
+        if self.kind == "sft":
+            self._train = self._encode_examples(split.train, stats, "train")
+        else:
+            gstats: dict = {}
+            self.groups = read_groups(self.prefs_path, self.on_error, gstats)
+            stats["prefs_skipped"] = gstats["skipped"]
+            stats["groups_read"] = len(self.groups)
+            self._check_leakage(split.eval, stats)
+            if self.kind == "pairs":
+                pstats: dict = {}
+                self.pairs = make_pairs(self.groups, self.pairing, self.gold_as_chosen, self.weight_field, pstats)
+                stats.update(pstats)
+                self._train = self._encode_pairs(self.pairs, stats)
+            else:
+                self._train = self._encode_groups(self.groups, stats)
+        if not self._train:
+            raise DataError(f"data: no training rows after tokenization (kind={self.kind}, stats={stats})")
+        stats["train_rows"], stats["val_rows"] = len(self._train), len(self._val)
+        self._split, self.split_info, self.stats = split, dict(split.info), stats
+        log.info("data (%s, %s): %s", self.source.get("name"), self.kind, stats)
+        dropped = {k: v for k, v in stats.items() if v and ("dropped" in k or "skipped" in k or "truncated" in k
+                                                            or "too_long" in k or "mismatch" in k)}
+        if dropped:
+            log.warning("data: rows truncated, dropped or skipped: %s", dropped)
+
+    def _prompt(self, question: str, cache: dict) -> list[int]:
+        if question not in cache:
+            cache[question] = encode_prompt(self.tokenizer, question, self.system_prompt)
+        return cache[question]
+
+    def _row(self, prompt: list[int], text: str, stats: dict, split: str) -> dict | None:
+        s: dict = {}
+        row = join(prompt, encode_completion(self.tokenizer, text), self.max_length, self.overlong, s)
+        for k, v in s.items():
+            stats[f"{split}_{k}"] = stats.get(f"{split}_{k}", 0) + v
+        return row
+
+    def _encode_examples(self, examples: list[Example], stats: dict, split: str) -> list[dict]:
+        cache: dict = {}
+        rows = [self._row(self._prompt(e.question, cache), e.solution, stats, split) for e in examples]
+        return [r for r in rows if r is not None]
+
+    def _ref_ok(self, ref: tuple[float, int] | None, row: dict, what: str, stats: dict) -> bool:
+        """A cached reference score must cover the same tokens the policy is scored on."""
+        n = sum(row["completion_mask"])
+        if ref is None or ref[1] == n:
+            return True
+        if self.on_error == "raise":
+            raise DataError(f"{self.prefs_path}: {what}: field 'ref.n_tokens': cached {ref[1]} tokens but the "
+                            f"completion encodes to {n} (max_length={self.max_length}); recompute the reference "
+                            f"scores with this tokenizer and max_length, or set on_error=skip")
+        stats["ref_mismatch_dropped"] = stats.get("ref_mismatch_dropped", 0) + 1
+        return False
+
+    def _encode_pairs(self, pairs: list[Pair], stats: dict) -> list[dict]:
+        cache: dict = {}
+        out = []
+        for p in pairs:
+            prompt = self._prompt(p.question, cache)
+            chosen = self._row(prompt, p.chosen, stats, "train")
+            rejected = self._row(prompt, p.rejected, stats, "train")
+            if chosen is None or rejected is None:
+                stats["pairs_dropped"] = stats.get("pairs_dropped", 0) + 1
+                continue
+            if not (self._ref_ok(p.ref_chosen, chosen, f"pair {p.id} chosen", stats)
+                    and self._ref_ok(p.ref_rejected, rejected, f"pair {p.id} rejected", stats)):
+                continue
+            out.append({"chosen": chosen, "rejected": rejected, "ref_chosen": p.ref_chosen,
+                        "ref_rejected": p.ref_rejected, "weight": p.weight})
+        return out
+
+    def _encode_groups(self, groups: list[GroupRecord], stats: dict) -> list[dict]:
+        out = []
+        stats["groups_all_correct"] = sum(bool(g.completions) and g.n_correct == len(g.completions) for g in groups)
+        stats["groups_all_incorrect"] = sum(g.n_correct == 0 for g in groups)
+        for g in groups:
+            prompt = self._prompt(g.question, {})
+            gold = self._row(prompt, g.gold_solution, stats, "train")
+            item: dict = {"members": [], "is_positive": [], "ranks": [], "refs": [], "gold": gold}
+            for i, c in enumerate(g.completions):
+                row = self._row(prompt, c.text, stats, "train")
+                if row is None or not self._ref_ok(c.ref, row, f"group {g.id} completions[{i}]", stats):
+                    stats["members_dropped"] = stats.get("members_dropped", 0) + 1
+                    continue
+                item["members"].append(row)
+                item["is_positive"].append(c.correct)
+                item["ranks"].append(c.rank)
+                item["refs"].append(c.ref)
+            if gold is None or not item["members"]:
+                stats["groups_dropped"] = stats.get("groups_dropped", 0) + 1
+                continue
+            out.append(item)
+        return out
+
+    def _check_leakage(self, held: list[Example], stats: dict) -> None:
+        """Preference questions that are also held-out questions would inflate evaluation."""
+        held_q = {e.question for e in held}
+        n = sum(g.question in held_q for g in self.groups)
+        stats["prefs_in_eval"] = n
+        if n:
+            log.warning("data: %d question(s) of %s are also in the held-out split", n, self.prefs_path)
+
+    # ------------------------------------------------------------------ loaders
+
+    def _require_setup(self) -> SourceSplit:
+        if self._split is None:
+            raise RuntimeError("LnrlDataModule: call setup() first")
+        return self._split
+
+    @property
+    def train_examples(self) -> list[Example]:
+        return self._require_setup().train
+
+    @property
+    def eval_examples(self) -> list[Example]:
+        return self._require_setup().eval
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def collator(self):
+        return {"sft": SFTCollator, "pairs": PairCollator, "groups": GroupCollator}[self.kind](self.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return DataLoader(self._train, batch_size=self.batch_size, sampler=EpochShuffle(len(self._train), self.seed),
+                          collate_fn=self.collator(), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self._require_setup()
+        if not self._val:  # no held-out split: Lightning skips validation for an empty list
+            return []
+        return DataLoader(self._val, batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=SFTCollator(self.pad_id), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

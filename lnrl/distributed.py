@@ -1,0 +1,220 @@
+"""Sharded training: FSDP2 per decoder block (Lightning's ModelParallelStrategy), an FSDP1 wrap policy,
+and full state dicts gathered from a sharded model.
+
+    trainer=fsdp2   # FSDP2Strategy below: fully_shard per block in LnrlModule.configure_model; CPU (gloo) or GPU
+    trainer=fsdp    # Lightning's FSDPStrategy (FSDP1, GPU only) with DecoderBlockPolicy below
+
+Wrapping is keyed on the decoder block class (litgpt's habit): one FSDP unit per block means one block's
+parameters are all-gathered at a time, and activation checkpointing per block stores only block inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy, _Policy
+
+from lnrl.models import DTYPES
+
+
+def decoder_block_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
+    """The decoder block class(es) of a transformers causal LM.
+
+    Read from `_no_split_modules` (transformers' own list of the blocks that must stay whole), falling
+    back to the types of `model.model.layers`. Works on a model already wrapped by FSDP or a
+    checkpoint wrapper, since those keep the blocks as submodules.
+    """
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    # fully_shard swaps a block's class for a subclass named FSDP<Block>; match on the original class.
+    classes = {cls for module in model.modules() for cls in type(module).__mro__ if cls.__name__ in names}
+    if not classes:
+        for module in model.modules():
+            layers = getattr(getattr(module, "model", None), "layers", None)
+            if isinstance(layers, nn.ModuleList) and len(layers):
+                classes = {type(layer) for layer in layers}
+                break
+    if not classes:
+        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: it has no _no_split_modules "
+                         f"and no model.layers; shard it by hand or pass a model from transformers")
+    return tuple(sorted(classes, key=lambda c: c.__qualname__))
+
+
+def _blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute name, block) for every outermost decoder block, in module order."""
+    classes = decoder_block_classes(model)
+    modules = dict(model.named_modules())
+    found, outer = [], []
+    for name, module in modules.items():
+        if isinstance(module, classes) and not any(name.startswith(p + ".") for p in outer):
+            outer.append(name)
+            parent, _, attr = name.rpartition(".")
+            found.append((modules[parent], attr, module))
+    return found
+
+
+def apply_activation_checkpointing(model: nn.Module) -> int:
+    """Wrap every decoder block in a non-reentrant checkpoint wrapper; return how many were wrapped.
+
+    Only each block's input is kept for backward; the block's forward is recomputed there. A training
+    forward must then not fill a KV cache: the recompute would append to it a second time. A pre-hook
+    passes use_cache=False to training forwards; generation (eval mode or no grad) keeps its cache.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl, CheckpointWrapper, checkpoint_wrapper)
+
+    count = 0
+    for parent, name, block in _blocks(model):
+        if isinstance(parent, CheckpointWrapper):
+            continue
+        setattr(parent, name, checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+        count += 1
+    if count:
+        model.register_forward_pre_hook(_no_cache_in_training, with_kwargs=True)
+    return count
+
+
+def _no_cache_in_training(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if module.training and torch.is_grad_enabled():
+        kwargs["use_cache"] = False
+    return args, kwargs
+
+
+def shard_model(model: nn.Module, mesh, *, activation_checkpointing: bool = False,
+                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = torch.float32,
+                reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2: `fully_shard` each decoder block, then the root (embeddings, final norm, head).
+
+    mesh: a 1-D DeviceMesh over the data-parallel ranks. param_dtype=bfloat16 computes in bf16 with
+    fp32 master weights and fp32 gradient reduction (reduce_dtype); None keeps the weights' dtype.
+    The model is modified in place and returned.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return model  # configure_model may run again (fit, then validate): shard once
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for parent, name, block in _blocks(model):
+        unit = parent if isinstance(parent, CheckpointWrapper) else block
+        fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    # The root's parameters (tied embedding/head) are needed again right after forward, in backward;
+    # FSDP2 keeps the root unsharded between forward and backward by default.
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy for pure FSDP2: one data-parallel mesh dimension over every process.
+
+    The sharding itself happens in `LnrlModule.configure_model` (through `shard_for_trainer`), with the
+    options held here, so they are set from the trainer config:
+      activation_checkpointing: recompute each decoder block in backward (less memory, ~1/3 more compute)
+      param_dtype: auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32 — FSDP2 mixed precision
+      reduce_dtype: dtype of the gradient reduce-scatter (fp32 keeps the sum exact enough in bf16 runs)
+      reshard_after_forward: free each block's gathered weights after forward (ZeRO-3); false = ZeRO-2-like
+      save_distributed_checkpoint: true writes a checkpoint directory with one shard per rank (no gather);
+        false gathers the full state on rank 0 into one .ckpt file.
+    """
+
+    def __init__(self, activation_checkpointing: bool = False, param_dtype: str = "auto",
+                 reduce_dtype: str = "float32", reshard_after_forward: bool = True,
+                 save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+        if kwargs.get("tensor_parallel_size", 1) != 1:
+            raise ValueError("FSDP2Strategy shards data-parallel only; tensor_parallel_size must be 1")
+        kwargs["tensor_parallel_size"] = 1
+        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        if param_dtype != "auto" and param_dtype not in DTYPES:
+            raise ValueError(f"trainer.strategy.param_dtype={param_dtype!r}: expected auto or one of {sorted(DTYPES)}")
+        if reduce_dtype not in DTYPES:
+            raise ValueError(f"trainer.strategy.reduce_dtype={reduce_dtype!r}: expected one of {sorted(DTYPES)}")
+        self.activation_checkpointing = bool(activation_checkpointing)
+        self.param_dtype, self.reduce_dtype = param_dtype, reduce_dtype
+        self.reshard_after_forward = bool(reshard_after_forward)
+
+    def setup_environment(self) -> None:
+        # ModelParallelStrategy's "auto" data-parallel size is the node count (it expects tensor parallelism
+        # inside a node); with tensor_parallel_size=1 every process is a data-parallel rank.
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def sharding_options(self) -> dict[str, Any]:
+        param_dtype = self.param_dtype
+        if param_dtype == "auto":
+            param_dtype = "bfloat16" if self.root_device.type == "cuda" else "float32"
+        return {"activation_checkpointing": self.activation_checkpointing,
+                "param_dtype": None if DTYPES[param_dtype] == torch.float32 else DTYPES[param_dtype],
+                "reduce_dtype": DTYPES[self.reduce_dtype],
+                "reshard_after_forward": self.reshard_after_forward}
+
+
+def shard_for_trainer(model: nn.Module, pl_module) -> nn.Module:
+    """Shard `model` (a policy or a live reference model) if the trainer's strategy is model-parallel.
+
+    Call from `configure_model`; a no-op without a device mesh (one process, DDP, FSDP1 — which wraps
+    the whole LightningModule itself).
+    """
+    mesh = pl_module.device_mesh
+    if mesh is None:
+        return model
+    if mesh["tensor_parallel"].size() != 1:
+        raise ValueError("lnrl shards data-parallel only: use trainer=fsdp2 (tensor_parallel_size=1)")
+    strategy = pl_module.trainer.strategy
+    if isinstance(strategy, FSDP2Strategy):
+        options = strategy.sharding_options()
+    else:  # a plain ModelParallelStrategy: defaults, bf16 compute on GPU
+        options = {"param_dtype": torch.bfloat16 if strategy.root_device.type == "cuda" else None}
+    return shard_model(model, mesh["data_parallel"], **options)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of a possibly sharded module, on CPU, on rank 0 only.
+
+    A collective under FSDP: every rank must call it. Other ranks get {}. Unsharded modules
+    return their plain state dict (on CPU) on every rank.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    sharded = any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in module.modules())
+    if not sharded:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+class DecoderBlockPolicy(_Policy):
+    """FSDP1 auto-wrap / activation-checkpointing policy: one unit per decoder block of the model it wraps.
+
+    For Lightning's FSDPStrategy (its `auto_wrap_policy` and `activation_checkpointing_policy` accept a
+    policy object). The block classes are read from the root module when FSDP applies the policy, so
+    one config works for any transformers model.
+    """
+
+    def _run_policy(self, root_module: nn.Module, ignored_modules: set[nn.Module],
+                    root_kwargs: dict[str, Any]) -> dict[nn.Module, dict[str, Any]]:
+        policy = ModuleWrapPolicy(set(decoder_block_classes(root_module)))
+        return policy._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+def fsdp1_strategy(activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD",
+                   state_dict_type: str = "sharded", **kwargs: Any):
+    """Lightning's FSDPStrategy (FSDP1, GPU only) wrapping and, optionally, checkpointing per decoder block.
+
+    sharding_strategy: FULL_SHARD (ZeRO-3) | SHARD_GRAD_OP (ZeRO-2) | NO_SHARD (DDP) | HYBRID_SHARD
+    (shard inside a node, replicate across nodes). state_dict_type: sharded (a checkpoint directory,
+    one shard per rank) | full (gathered on rank 0 into one file). Other kwargs go to FSDPStrategy.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    policy = DecoderBlockPolicy()
+    return FSDPStrategy(auto_wrap_policy=policy,
+                        activation_checkpointing_policy=policy if activation_checkpointing else None,
+                        sharding_strategy=sharding_strategy, state_dict_type=state_dict_type, **kwargs)

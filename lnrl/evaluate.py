@@ -1,0 +1,113 @@
+"""Evaluation: answer accuracy and length of greedy generations, and token NLL of gold solutions.
+
+`lnrl-eval model=hf model.path=<run>/hf_model data=gsm_symbolic` evaluates any model on a data
+source's held-out split and writes metrics.json and generations.jsonl in its run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from lnrl.data.collate import SFTCollator
+from lnrl.data.records import Example
+from lnrl.data.tokenize import encode
+from lnrl.generation import generate
+from lnrl.scoring import sequence_logps
+from lnrl.verify.answers import answers_match, extract_answer
+
+import lnrl.utils  # noqa: F401  (registers config resolvers)
+
+log = logging.getLogger(__name__)
+
+
+def answer_accuracy(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int = 256,
+                    batch_size: int = 16, system_prompt: str | None = None,
+                    progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+    """Greedy-decode every question; return (metrics, one record per example)."""
+    gens = generate(model, tokenizer, [e.question for e in examples], max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, system_prompt=system_prompt, desc="eval: generate",
+                    progress=progress)
+    records = []
+    for ex, (g,) in zip(examples, gens):
+        pred = extract_answer(g.text)
+        records.append({"id": ex.id, "question": ex.question, "answer": ex.answer, "completion": g.text,
+                        "pred": pred, "correct": answers_match(pred, ex.answer),
+                        "n_tokens": g.n_tokens, "truncated": g.truncated})
+    n = max(len(records), 1)
+    metrics = {
+        "val/answer_acc": sum(r["correct"] for r in records) / n,
+        "val/gen_len": sum(r["n_tokens"] for r in records) / n,
+        "val/truncated_rate": sum(r["truncated"] for r in records) / n,
+    }
+    return metrics, records
+
+
+@torch.no_grad()
+def gold_nll(model, tokenizer, examples: Sequence[Example], *, max_length: int = 512, batch_size: int = 8,
+             system_prompt: str | None = None, progress: bool = True) -> float:
+    """Token-level NLL of the gold solutions (mean over all solution tokens, as VFT trains it)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    feats = [f for e in examples
+             if (f := encode(tokenizer, e.question, e.solution, max_length, system_prompt=system_prompt))]
+    collate = SFTCollator(tokenizer.pad_token_id)
+    total_logp, total_tokens = 0.0, 0
+    for start in tqdm(range(0, len(feats), batch_size), desc="eval: gold nll", disable=not progress):
+        batch = collate(feats[start:start + batch_size])
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits
+        scores = sequence_logps(logits, batch["input_ids"].to(device), batch["completion_mask"].to(device))
+        total_logp += scores.logp_sum.sum().item()
+        total_tokens += int(scores.n_tokens.sum().item())
+    model.train(was_training)
+    return -total_logp / max(total_tokens, 1)
+
+
+def evaluate_model(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int = 256,
+                   batch_size: int = 16, max_length: int = 512, system_prompt: str | None = None,
+                   progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+    """All generation-free and generation-based held-out metrics of one model."""
+    metrics, records = answer_accuracy(model, tokenizer, examples, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+    metrics["val/nll"] = gold_nll(model, tokenizer, examples, max_length=max_length,
+                                  batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+    metrics["val/n_examples"] = float(len(examples))
+    return metrics, records
+
+
+def write_results(out_dir: str | Path, metrics: dict, records: Sequence[dict] | None = None) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if records is not None:
+        with open(out / "generations.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    """lnrl-eval: evaluate one model on the held-out split of a data source."""
+    from lnrl.models import load_model, load_tokenizer
+    from lnrl.utils import build_datamodule
+
+    tokenizer = load_tokenizer(cfg.model)
+    dm = build_datamodule(cfg, tokenizer)
+    examples = dm.eval_examples[: cfg.eval.n_examples or None]
+    model = load_model(cfg.model, tokenizer)
+    metrics, records = evaluate_model(model, tokenizer, examples, max_new_tokens=cfg.eval.max_new_tokens,
+                                      batch_size=cfg.eval.batch_size, max_length=dm.max_length,
+                                      system_prompt=dm.system_prompt)
+    metrics["model"] = cfg.model.name
+    write_results(cfg.paths.output_dir, metrics, records)
+    log.info("metrics: %s", json.dumps(metrics, indent=2))
+    return metrics

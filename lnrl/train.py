@@ -1,0 +1,84 @@
+"""lnrl-train: instantiate from config, fit, evaluate, write results.
+
+    lnrl-train                                   # VFT on the embedded default
+    lnrl-train model=tiny debug=fast             # a quick check
+    lnrl-train method=dpo_avg loss.beta=0.5 data.prefs_path=groups.jsonl
+    lnrl-train ckpt_path=<run>/checkpoints/last.ckpt   # resume
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lnrl.callbacks import GenerationEval
+from lnrl.dashboard import name_wandb_run
+from lnrl.models import load_tokenizer
+from lnrl.sweep import run_point
+from lnrl.utils import build_all, build_datamodule, to_dict, write_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training job from a composed config; return its metrics (also written to metrics.json)."""
+    start = time.time()
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = load_tokenizer(cfg.model)
+    datamodule = build_datamodule(cfg, tokenizer)
+    module = instantiate(cfg.method, model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
+                         scheduler=to_dict(cfg.scheduler), tokenizer=tokenizer, _convert_="all")
+    if datamodule.kind != module.data_kind:
+        raise ValueError(f"method {type(module).__name__} trains on '{module.data_kind}' batches but "
+                         f"data.kind={datamodule.kind!r}; the method config should set data.kind")
+
+    evaluator = GenerationEval(**cfg.eval)
+    loggers = build_all(name_wandb_run(cfg.get("logger"), cfg))  # wandb group/name/tags from the sweep point
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_all(cfg.get("callbacks")) + [evaluator],
+                                      logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    datamodule.setup("fit")
+    write_json(run_dir / "data_split.json", {"split": datamodule.split_info, "stats": datamodule.stats})
+
+    if cfg.get("export_hf") and trainer.is_global_zero and module.model is not None:
+        module.model.save_pretrained(run_dir / "hf_model")
+        tokenizer.save_pretrained(run_dir / "hf_model")
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics.update(evaluator.results.get("after", {}))
+    metrics.update({f"{k}_before": v for k, v in evaluator.results.get("before", {}).items()})
+    metrics.update({"global_step": trainer.global_step, "seconds": round(time.time() - start, 1),
+                    "method": cfg.method._target_.rsplit(".", 1)[-1], "model": cfg.model.name})
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        if evaluator.records.get("after"):
+            write_json(run_dir / "generations.json", evaluator.records["after"])
+    log.info("run dir: %s", run_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    # A failing run writes failed.json; in a multirun (-m) the sweep then goes on with the next point.
+    metrics = run_point(train, cfg)
+    if metrics is None:
+        return None
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()

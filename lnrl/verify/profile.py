@@ -1,0 +1,446 @@
+"""The MathVerifier error profile: six named error dimensions and two scores, each in [0, 1].
+
+Lu et al. 2025 (arXiv 2512.19728) decompose a solution into a six-dimensional error profile
+and aggregate it into wrongness and absurdity; their exact definitions are not public, so these
+are our own, documented in docs/verifier.md and here, exactly as coded:
+
+1. ``answer_mismatch``   1 if the extracted final answer is not equivalent to the reference
+                         (or there is none), else 0.
+2. ``numeric_gap``       0 if the answers match; else min(1, |slog(pred) - slog(ref)| / 2) with
+                         slog(x) = sign(x) * log10(1 + |x|): 72 vs 73 -> 0.003, 72 vs 144 -> 0.15,
+                         x10 -> ~0.5, x100 or a sign flip -> 1. 1 when there is no answer or
+                         either side is not a plain number.
+3. ``arithmetic_error``  wrong steps / checkable steps (0 without steps); see lnrl.verify.arith.
+4. ``ungrounded_quantity`` operands of steps that appear neither in the question nor earlier in
+                         the solution (results of earlier steps count) nor in WHITELIST, over all
+                         operands of all steps (0 without steps).
+5. ``inconsistency``     max of: the final answer differs from the last step's result (stated
+                         or computed) and is not written in the text after that step either
+                         (final-answer lines excluded), and the solution states conflicting final
+                         answers (distinct values among its "####", "The answer is", \\boxed{}).
+6. ``degeneracy``        max of: no extractable answer, truncated (flag or over
+                         MAX_SOLUTION_CHARS), repetition (duplicate lines / looping 4-grams) and
+                         garbage (few alphanumerics, very long tokens).
+
+``wrongness = sum(WRONGNESS_WEIGHTS[d] * dim)`` and
+``absurdity = sum(ABSURDITY_WEIGHTS[d] * dim)`` where absurdity also uses
+``implausible_magnitude`` (negative or non-integer when the reference is a positive integer,
+or off by a factor of 100-1000 and more). Weights are non-negative and sum to 1, so both are in
+[0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from functools import lru_cache
+
+from lnrl.verify.answers import (
+    _ANSWER_IS_RE,
+    _HASHES_RE,
+    _clean,
+    _last_boxed,
+    answers_match,
+    extract_answer_with_kind,
+    numbers_match,
+    parse_number,
+)
+from lnrl.verify.arith import Step, find_steps, result_matches
+
+__all__ = [
+    "ErrorProfile",
+    "Analysis",
+    "MathVerifier",
+    "DIMENSIONS",
+    "SCORES",
+    "VERIFIER_VERSION",
+    "WRONGNESS_WEIGHTS",
+    "ABSURDITY_WEIGHTS",
+    "WHITELIST",
+]
+
+VERIFIER_VERSION = "lnrl-mv-1"
+SUPPORTED_VERSIONS = (VERIFIER_VERSION,)
+
+
+@dataclass(frozen=True)
+class ErrorProfile:
+    """Six error dimensions and two aggregate scores of one solution, each in [0, 1]."""
+
+    answer_mismatch: float
+    numeric_gap: float
+    arithmetic_error: float
+    ungrounded_quantity: float
+    inconsistency: float
+    degeneracy: float
+    wrongness: float
+    absurdity: float
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or not (0.0 <= v <= 1.0):
+                raise ValueError(f"ErrorProfile.{f.name} must be a number in [0, 1], got {v!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ErrorProfile:
+        missing = [f.name for f in fields(cls) if f.name not in d]
+        if missing:
+            raise ValueError(f"ErrorProfile: missing field(s) {missing}")
+        return cls(**{f.name: float(d[f.name]) for f in fields(cls)})
+
+
+SCORES = ("wrongness", "absurdity")
+DIMENSIONS = tuple(f.name for f in fields(ErrorProfile) if f.name not in SCORES)
+
+# wrongness is led by dims 1-5; degeneracy alone (a well-formed answer cut short) weighs little.
+WRONGNESS_WEIGHTS = {
+    "answer_mismatch": 0.40,
+    "numeric_gap": 0.15,
+    "arithmetic_error": 0.20,
+    "ungrounded_quantity": 0.10,
+    "inconsistency": 0.10,
+    "degeneracy": 0.05,
+}
+# absurdity is led by degeneracy, made-up quantities and implausible magnitudes.
+ABSURDITY_WEIGHTS = {
+    "degeneracy": 0.35,
+    "ungrounded_quantity": 0.30,
+    "implausible_magnitude": 0.25,
+    "arithmetic_error": 0.10,
+}
+
+# Operands that need no grounding: unit conversions and counting constants (percent, dozen,
+# days/week, hours/day, minutes/hour, months/year, weeks/year, days/year, ...).
+WHITELIST = frozenset({0.0, 0.01, 1.0, 2.0, 3.0, 4.0, 7.0, 10.0, 12.0, 24.0, 30.0, 52.0, 60.0, 100.0, 365.0, 1000.0, 3600.0})
+
+MAX_SOLUTION_CHARS = 20_000  # longer is degenerate; analysis looks at this much
+LONG_TOKEN_CHARS = 60  # no word or number of a solution needs 60 characters (annotations aside)
+NGRAM = 4
+# Repetition: gold GSM8K train solutions repeat at most 31% of their 4-grams (99.9th percentile
+# 26%, median 0); a looping generation repeats most of them. Linear ramp from 0.3 to 0.7.
+REPEAT_LO, REPEAT_HI = 0.30, 0.70
+# Garbage: gold GSM8K solutions are at least 53% alphanumeric (non-space characters; 99.9% are
+# above 62%). Linear ramp from 0 at 50% to 1 at 20%.
+ALNUM_LO, ALNUM_HI = 0.20, 0.50
+
+_NUM_IN_TEXT_RE = re.compile(
+    r"(?<![\w.])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:\s*(%|percent|cents?\b))?(?:/(\d+(?:\.\d+)?))?"
+)
+_WORD_VALUES: dict[str, tuple[float, ...]] = {
+    "zero": (0,), "one": (1,), "two": (2,), "three": (3,), "four": (4,), "five": (5,), "six": (6,),
+    "seven": (7,), "eight": (8,), "nine": (9,), "ten": (10,), "eleven": (11,), "twelve": (12,),
+    "thirteen": (13,), "fourteen": (14,), "fifteen": (15,), "sixteen": (16,), "seventeen": (17,),
+    "eighteen": (18,), "nineteen": (19,), "twenty": (20,), "thirty": (30,), "forty": (40,),
+    "fifty": (50,), "sixty": (60,), "seventy": (70,), "eighty": (80,), "ninety": (90,),
+    "hundred": (100,), "thousand": (1000,), "million": (1_000_000,),
+    "half": (2, 0.5), "halves": (2, 0.5), "twice": (2,), "double": (2,), "doubled": (2,),
+    "triple": (3,), "tripled": (3,), "thrice": (3,), "quadruple": (4,),
+    "third": (3, 1 / 3), "thirds": (3, 1 / 3), "quarter": (4, 0.25, 25), "quarters": (4, 0.25, 25),
+    "fourth": (4, 0.25), "fourths": (4, 0.25), "fifth": (5, 0.2), "fifths": (5, 0.2),
+    "sixth": (6,), "seventh": (7,), "eighth": (8, 0.125), "tenth": (10, 0.1),
+    "dozen": (12,), "dozens": (12,), "score": (20,), "pair": (2,), "pairs": (2,),
+    "week": (7,), "weeks": (7,), "hour": (60,), "hours": (60,), "minute": (60,), "minutes": (60,),
+    "year": (12, 52, 365), "years": (12, 52, 365), "day": (24,), "days": (24,),
+    "cent": (100, 0.01), "cents": (100, 0.01), "percent": (100, 0.01), "penny": (0.01,),
+    "pennies": (0.01,), "nickel": (0.05, 5), "nickels": (0.05, 5), "dime": (0.1, 10),
+    "dimes": (0.1, 10), "feet": (12,), "foot": (12,),
+    "yard": (3,), "yards": (3,), "pound": (16,), "pounds": (16,), "gallon": (4, 128), "gallons": (4, 128),
+}  # fmt: skip
+_PER_HUNDRED_RE = re.compile(r"\s*(?:%|percent|cents?\b)", re.IGNORECASE)
+# Every word, looked up in _WORD_VALUES (one alternation of all the keys is 5x slower).
+_WORD_RE = re.compile(r"[A-Za-z]{3,}")
+_FINAL_LINE_RE = re.compile(r"[^\n]*(?:####|[Tt]he (?:final )?answer is|\\boxed)[^\n]*")
+_ANNOTATION_RE = re.compile(r"<<[^<>\n]{0,300}>>")
+_ALNUM_RE = re.compile(r"[^\W_]", re.UNICODE)
+_SPACE_RE = re.compile(r"\s+")
+
+
+def _key(v: float) -> float:
+    return round(v, 6)
+
+
+def _text_quantities(text: str) -> list[tuple[int, float]]:
+    """(position, value) of every quantity in text: numbers; "25%", "25 percent", "25 cents" also
+    as 0.25; "3/4" also as 0.75; number and unit words ("twice" -> 2, "half" -> 0.5 and 2,
+    "hours" -> 60, "dimes" -> 0.1 and 10)."""
+    out: list[tuple[int, float]] = []
+    for m in _NUM_IN_TEXT_RE.finditer(text):
+        v = float(m.group(1).replace(",", ""))
+        out.append((m.start(), v))
+        if m.group(2):
+            # "25%" is used as 0.25, and as 1.25 / 0.75 for "25% more / less"
+            out.append((m.start(), v / 100))
+            out.append((m.start(), 1 + v / 100))
+            out.append((m.start(), 1 - v / 100))
+        if m.group(3):
+            d = float(m.group(3))
+            out.append((m.start(3), d))
+            if d:
+                out.append((m.start(), v / d))
+    for m in _WORD_RE.finditer(text):
+        values = _WORD_VALUES.get(m.group(0).lower())
+        if values is None:
+            continue
+        per_hundred = _PER_HUNDRED_RE.match(text, m.end()) is not None  # "twenty percent"
+        for v in values:
+            out.append((m.start(), float(v)))
+            if per_hundred:
+                out.append((m.start(), v / 100))
+    out.sort(key=lambda t: t[0])
+    return out
+
+
+@lru_cache(maxsize=8192)
+def _question_keys(question: str) -> frozenset[float]:
+    # Cached: the k sampled solutions of a question share it.
+    return frozenset(_key(v) for _, v in _text_quantities(question[:MAX_SOLUTION_CHARS]))
+
+
+@lru_cache(maxsize=8192)
+def _reference_value(reference: str) -> Fraction | None:
+    return parse_number(reference)
+
+
+def _slog(x: float) -> float:
+    return math.copysign(math.log10(1.0 + abs(x)), x)
+
+
+def _clip(x: float) -> float:
+    return 0.0 if x <= 0.0 else 1.0 if x >= 1.0 else float(x)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the profile was computed from, for inspection and debugging."""
+
+    profile: ErrorProfile
+    pred: str | None
+    extraction: str
+    steps: tuple[Step, ...]
+    ungrounded: tuple[float, ...]  # operand values that were not grounded
+    n_operands: int
+    final_statements: tuple[str, ...]  # every "####" / "answer is" / boxed answer, in order
+    components: dict[str, float] = field(default_factory=dict)  # sub-scores of dims 5-6, magnitude
+
+
+class MathVerifier:
+    """Scores a solution against its question and reference answer; see the module docstring.
+
+    >>> v = MathVerifier()
+    >>> v.profile("Tom has 3 bags of 6 apples. How many apples?", "3 * 6 = 18\\n#### 18", "18").wrongness
+    0.0
+    """
+
+    def __init__(self, version: str = VERIFIER_VERSION) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"MathVerifier: unknown version {version!r}; supported: {SUPPORTED_VERSIONS}")
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"MathVerifier(version={self.version!r})"
+
+    # --- public API -------------------------------------------------------------------------
+    def profile(self, question: str, solution: str, reference_answer: str, truncated: bool = False) -> ErrorProfile:
+        return self.analyze(question, solution, reference_answer, truncated).profile
+
+    def profile_batch(self, items: Iterable) -> list[ErrorProfile]:
+        """Profiles of many solutions. Each item is a dict with ``question``, ``solution``,
+        ``reference_answer`` (or ``answer``) and optional ``truncated``, or a tuple
+        ``(question, solution, reference_answer[, truncated])``."""
+        out = []
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                try:
+                    q, s = item["question"], item["solution"]
+                except KeyError as e:
+                    raise ValueError(f"profile_batch: item {i}: missing field {e.args[0]!r}") from None
+                ref = item.get("reference_answer", item.get("answer"))
+                if ref is None:
+                    raise ValueError(f"profile_batch: item {i}: missing field 'reference_answer'")
+                t = bool(item.get("truncated", False))
+            elif isinstance(item, (tuple, list)) and len(item) in (3, 4):
+                q, s, ref = item[:3]
+                t = bool(item[3]) if len(item) == 4 else False
+            else:
+                raise ValueError(
+                    f"profile_batch: item {i}: expected a dict or a (question, solution, reference_answer"
+                    f"[, truncated]) tuple, got {type(item).__name__}"
+                )
+            out.append(self.analyze(q, s, ref, t).profile)
+        return out
+
+    def analyze(self, question: str, solution: str, reference_answer: str, truncated: bool = False) -> Analysis:
+        question = question if isinstance(question, str) else ("" if question is None else str(question))
+        solution = solution if isinstance(solution, str) else ("" if solution is None else str(solution))
+        reference = reference_answer if isinstance(reference_answer, str) else str(reference_answer)
+        overlong = len(solution) > MAX_SOLUTION_CHARS
+        text = solution[:MAX_SOLUTION_CHARS]
+
+        # 1-2: the final answer against the reference.
+        pred, kind = extract_answer_with_kind(solution)
+        ref_v = _reference_value(reference)
+        pred_v = parse_number(pred) if pred is not None else None
+        if pred_v is not None and ref_v is not None:
+            matched = numbers_match(pred_v, ref_v)  # decided without math-verify
+        else:
+            matched = answers_match(pred, reference)
+        answer_mismatch = 0.0 if matched else 1.0
+        if matched:
+            numeric_gap = 0.0
+        elif pred_v is None or ref_v is None:
+            numeric_gap = 1.0
+        else:
+            numeric_gap = _clip(abs(_slog(float(pred_v)) - _slog(float(ref_v))) / 2.0)
+
+        # 3: arithmetic.
+        steps = find_steps(text)
+        arithmetic_error = sum(not s.ok for s in steps) / len(steps) if steps else 0.0
+
+        # 4: grounding. Quantities seen so far: the question's, the solution text before the
+        # step, earlier steps' computed and stated results, and the whitelist.
+        ungrounded: list[float] = []
+        n_operands = 0
+        if steps:
+            in_question = _question_keys(question)
+            results: set[float] = set()
+            first_seen: dict[float, int] | None = None  # quantity -> first offset in the solution
+            for s in steps:
+                for v in s.operands:
+                    n_operands += 1
+                    k = _key(v)
+                    if k in in_question or k in WHITELIST or k in results:
+                        continue
+                    if first_seen is None:  # built only when needed: most operands are found above
+                        first_seen = {}
+                        for pos, q in _text_quantities(text):
+                            first_seen.setdefault(_key(q), pos)
+                    if first_seen.get(k, len(text)) < s.start:
+                        continue
+                    ungrounded.append(v)
+                results.add(_key(s.value))
+                results.add(_key(s.stated_value))
+        ungrounded_quantity = len(ungrounded) / n_operands if n_operands else 0.0
+
+        # 5: consistency.
+        statements = self._final_statements(text)
+        distinct = {self._answer_key(a) for a in statements}
+        conflicting = 1.0 if len(distinct) > 1 else 0.0
+        final_vs_last = 0.0
+        if steps and pred_v is not None:
+            last = steps[-1]
+            p = float(pred_v)
+            # "30% * 50% = 15%" then "#### 15", or "$0.90" then "how many cents? #### 90"
+            scales = (1.0, 100.0) if ("%" in text[last.start : last.end + 1] or "cent" in question) else (1.0,)
+            if not any(
+                result_matches(r * k, p, pred) for r in (last.stated_value, last.value) for k in scales
+            ):
+                # A conclusion after the last step may still derive the answer in words ("so 50 is
+                # cheaper", "3950 - 200 cases leaves 3750"): consistent when the answer is written
+                # there, outside the final-answer statements themselves.
+                tail = _FINAL_LINE_RE.sub(" ", text[last.end :])
+                key = _key(p)
+                if all(_key(v) != key for _, v in _text_quantities(tail)):
+                    final_vs_last = 1.0
+        inconsistency = max(conflicting, final_vs_last)
+
+        # 6: degeneracy.
+        repetition = self._repetition(text)
+        garbage = self._garbage(text)
+        no_answer = 1.0 if pred is None else 0.0
+        cut = 1.0 if (truncated or overlong) else 0.0
+        degeneracy = max(no_answer, cut, repetition, garbage)
+
+        # implausible magnitude (absurdity only); judged on a mismatching numeric answer.
+        implausible = 0.0
+        if not matched and pred_v is not None and ref_v is not None:
+            p, r = float(pred_v), float(ref_v)
+            if r > 0 and p < 0:
+                implausible = 1.0
+            else:
+                ratio = abs(math.log10((abs(p) + 1.0) / (abs(r) + 1.0)))
+                implausible = _clip(ratio - 2.0)  # 0 up to a factor of 100, 1 from 1000
+            if r > 0 and ref_v.denominator == 1 and pred_v.denominator != 1:
+                implausible = max(implausible, 0.5)
+
+        dims = {
+            "answer_mismatch": answer_mismatch,
+            "numeric_gap": numeric_gap,
+            "arithmetic_error": arithmetic_error,
+            "ungrounded_quantity": ungrounded_quantity,
+            "inconsistency": inconsistency,
+            "degeneracy": degeneracy,
+        }
+        wrongness = sum(w * dims[k] for k, w in WRONGNESS_WEIGHTS.items())
+        extra = dict(dims, implausible_magnitude=implausible)
+        absurdity = sum(w * extra[k] for k, w in ABSURDITY_WEIGHTS.items())
+        prof = ErrorProfile(**dims, wrongness=_clip(round(wrongness, 12)), absurdity=_clip(round(absurdity, 12)))
+        return Analysis(
+            profile=prof,
+            pred=pred,
+            extraction=kind,
+            steps=tuple(steps),
+            ungrounded=tuple(ungrounded),
+            n_operands=n_operands,
+            final_statements=tuple(statements),
+            components={
+                "final_vs_last": final_vs_last,
+                "conflicting": conflicting,
+                "no_answer": no_answer,
+                "truncated": cut,
+                "repetition": repetition,
+                "garbage": garbage,
+                "implausible_magnitude": implausible,
+            },
+        )
+
+    # --- pieces -----------------------------------------------------------------------------
+    @staticmethod
+    def _final_statements(text: str) -> list[str]:
+        out = []
+        for rx in (_HASHES_RE, _ANSWER_IS_RE):
+            for raw in rx.findall(text):
+                a = _clean(raw)
+                if a is not None:
+                    out.append(a)
+        if "boxed" in text or "fbox" in text:
+            b = _last_boxed(text)
+            if b is not None and (a := _clean(b)) is not None:
+                out.append(a)
+        return out
+
+    @staticmethod
+    def _answer_key(a: str) -> object:
+        v = parse_number(a)
+        return v if v is not None else a.replace(" ", "")
+
+    @staticmethod
+    def _repetition(text: str) -> float:
+        lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+        dup_lines = (len(lines) - len(set(lines))) / len(lines) if len(lines) >= 3 else 0.0
+        words = text.split()
+        if len(words) >= 2 * NGRAM:
+            grams = list(zip(*(words[i:] for i in range(NGRAM))))
+            rep = 1.0 - len(set(grams)) / len(grams)
+        else:
+            rep = 0.0
+        return _clip((max(dup_lines, rep) - REPEAT_LO) / (REPEAT_HI - REPEAT_LO))
+
+    @staticmethod
+    def _garbage(text: str) -> float:
+        compact = _SPACE_RE.sub("", text)
+        if not compact:
+            return 1.0
+        alnum = len(_ALNUM_RE.findall(compact)) / len(compact)
+        few_alnum = _clip((ALNUM_HI - alnum) / (ALNUM_HI - ALNUM_LO))
+        # calculator annotations glue a whole computation into one token: not garbage
+        plain = _ANNOTATION_RE.sub("", text) if "<<" in text else text
+        long_chars = sum(len(t) for t in plain.split() if len(t) > LONG_TOKEN_CHARS)
+        long_tokens = _clip(2.0 * long_chars / len(compact))
+        return max(few_alnum, long_tokens)

@@ -1,0 +1,168 @@
+"""Answer extraction and equivalence on the formats the sources produce."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from lnrl.verify import answers_match, extract_answer, extract_answer_with_kind, normalize_number
+
+GSM8K_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+GSM8K = (
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+)
+GSM_SYMBOLIC = (
+    "Each box holds 12 eggs, so 24 boxes hold 24*12=288 eggs.\n"
+    "She keeps all of them, 288=288.\n#### 288"
+)
+METAMATH = "Tom has 3 bags with 6 apples each.\nSo he has 3 * 6 = 18 apples.\nThe answer is: 18"
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "kind"),
+    [
+        (GSM8K, "72", "hashes"),
+        (GSM_SYMBOLIC, "288", "hashes"),
+        (METAMATH, "18", "answer_is"),
+        ("So the total is 7.\nThe answer is 7.", "7", "answer_is"),
+        ("The final answer is $\\boxed{42}$.", "42", "answer_is"),
+        ("Thus $x = \\boxed{\\frac{3}{4}}$.", "\\frac{3}{4}", "boxed"),
+        ("First \\boxed{1}, then corrected: \\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt{2}}{2}", "boxed"),
+        ("She has 5 apples and eats 2, leaving 3 apples.", "3", "last_number"),
+        ("It costs $1,250.50 in total.", "1250.50", "last_number"),
+        ("The temperature fell to −4 degrees", "-4", "last_number"),
+        ("5-3=2", "2", "last_number"),
+        ("no numbers here", None, "none"),
+        ("", None, "none"),
+    ],
+)
+def test_extract_formats(text, answer, kind):
+    assert extract_answer_with_kind(text) == (answer, kind)
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize(
+    ("line", "answer"),
+    [
+        ("#### $1,000.", "1000"),  # dollar sign, thousands comma, trailing period
+        ("#### 18 dollars", "18"),  # unit words after the number
+        ("#### 25%", "25"),
+        ("#### -5", "-5"),
+        ("#### 3/4", "3/4"),
+        ("#### **12**", "12"),
+        ("#### 2x + 1", "2x + 1"),  # not a number: kept as written for math-verify
+    ],
+)
+def test_extract_cleans_hashes(line, answer):
+    assert extract_answer("Some work.\n" + line) == answer
+
+
+def test_last_hashes_wins_and_beats_other_rules():
+    # "####" outranks "The answer is" and \boxed regardless of position; the last "####" is final.
+    text = "The answer is 3.\n\\boxed{4}\n#### 5\nwait\n#### 6"
+    assert extract_answer_with_kind(text) == ("6", "hashes")
+    # an empty "####" (truncated right after the marker) falls through to the next rule
+    assert extract_answer_with_kind("The answer is 9\n####") == ("9", "answer_is")
+
+
+def test_unbalanced_boxed_falls_back_to_last_number():
+    assert extract_answer_with_kind("so 4 + 5 = 9 and \\boxed{9") == ("9", "last_number")
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        ("72", "72"),
+        ("72.0", "72"),
+        ("72.00", "72.0"),
+        ("1,000", "1000"),
+        ("$1,000", "1000"),
+        ("3/4", "0.75"),
+        ("\\frac{3}{4}", "0.75"),
+        ("-\\frac{1}{2}", "-0.5"),
+        ("1/3", "\\frac{1}{3}"),
+        ("\\sqrt{4}", "2"),  # not a plain number: math-verify decides
+        ("x+1", "1+x"),
+    ],
+)
+def test_answers_match_equivalent(pred, ref):
+    assert answers_match(pred, ref)
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref"),
+    [
+        ("73", "72"),
+        ("72.01", "72"),
+        ("0.333", "1/3"),  # a rounded decimal is not the exact fraction
+        ("-72", "72"),
+        (None, "72"),
+        ("", "72"),
+        ("banana", "72"),
+        ("x+2", "1+x"),
+    ],
+)
+def test_answers_match_different(pred, ref):
+    assert not answers_match(pred, ref)
+
+
+def test_answers_match_never_raises_on_garbage():
+    for pred in ["\\frac{", "}}}{{{", "\\boxed{", "1/0", "9" * 5000, "∑∫√", "$$$", "\x00\x01", "1e999999"]:
+        assert answers_match(pred, "72") is False
+    assert answers_match("72", "9" * 5000) is False
+
+
+def test_answers_match_off_main_thread():
+    # math-verify's SIGALRM timeout cannot be installed off the main thread; the guarded path
+    # must still answer (and not raise) there.
+    out = {}
+    t = threading.Thread(target=lambda: out.update(a=answers_match("x+1", "1+x"), b=answers_match("2y", "1+x")))
+    t.start()
+    t.join()
+    assert out == {"a": True, "b": False}
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("72", "72"),
+        ("72.00", "72"),
+        ("1,000", "1000"),
+        ("$1,000.50", "1000.5"),
+        ("3/4", "0.75"),
+        ("1/3", "1/3"),
+        ("\\frac{6}{8}", "0.75"),
+        ("-0.50", "-0.5"),
+        ("0.125", "0.125"),
+        ("−7", "-7"),
+        ("abc", None),
+        ("2x", None),
+        ("5 x", None),
+        ("12 eggs per box", "12"),
+        ("1,00", None),  # not a thousands grouping
+        ("", None),
+        (None, None),
+    ],
+)
+def test_normalize_number(text, canonical):
+    assert normalize_number(text) == canonical
+
+
+@pytest.mark.skipif(not GSM8K_TRAIN.exists(), reason="shared GSM8K train split not present")
+def test_every_gsm8k_gold_answer_extracts():
+    n = 0
+    with GSM8K_TRAIN.open() as f:
+        for line in f:
+            sol = json.loads(line)["answer"]
+            gold = sol.split("####")[-1].strip()
+            pred, kind = extract_answer_with_kind(sol)
+            assert kind == "hashes"
+            assert pred == gold.replace(",", ""), sol
+            assert answers_match(pred, gold)
+            n += 1
+    assert n > 1000
