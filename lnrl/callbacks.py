@@ -7,6 +7,7 @@ import logging
 import lightning.pytorch as pl
 
 from lnrl.dashboard import log_generation_table
+from lnrl.data.records import read_groups
 from lnrl.evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -21,19 +22,25 @@ class GenerationEval(pl.Callback):
     """
 
     def __init__(self, enabled: bool = True, before: bool = False, n_examples: int | None = None,
-                 max_new_tokens: int = 256, batch_size: int = 16):
+                 max_new_tokens: int = 256, batch_size: int = 16, candidates_path: str | None = None,
+                 include_gold: bool = True):
         self.enabled, self.before = enabled, before
         self.n_examples, self.max_new_tokens, self.batch_size = n_examples, max_new_tokens, batch_size
+        # Held-out candidate CoTs (a group file) for val/assessment_acc; read once, on first use.
+        self.candidates_path, self.include_gold = candidates_path, include_gold
+        self._candidates = None
         self.results: dict[str, dict] = {}
         self.records: dict[str, list[dict]] = {}
 
     def run(self, trainer: pl.Trainer, pl_module, tag: str) -> dict:
         dm = trainer.datamodule
         examples = dm.eval_examples[: self.n_examples or None]
+        if self.candidates_path and self._candidates is None:
+            self._candidates = read_groups(self.candidates_path)
         metrics, records = evaluate_model(
             pl_module.model, pl_module.tokenizer, examples, max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size, max_length=dm.max_length, system_prompt=dm.system_prompt,
-            progress=trainer.is_global_zero)
+            candidates=self._candidates, include_gold=self.include_gold, progress=trainer.is_global_zero)
         self.results[tag], self.records[tag] = metrics, records
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

@@ -6,11 +6,14 @@ Naming (applied by lnrl.train to every WandbLogger whose field is left null in t
             (scripts/sweep_torchrun.py sets it, since each of its points is a single run); null otherwise
     name    the point's overrides, e.g. "loss.beta=0.5,loss.normalize=mean,seed=1" (hydra.job.override_dirname
             without the sweep=... choice, which is already the group); null (wandb picks one) without overrides
-    tags    cfg.tags + method=<preset>, loss=<name>, data=<source>, kind=<sft|pairs|groups>
+    tags    the logger's tags (cfg.tags) + method=<preset>, loss=<name>, data=<source>, kind=<sft|pairs|groups>
 
 Sample generations: `log_generation_table` logs one wandb.Table per evaluation ("samples/before",
 "samples/after") with question, reference answer, completion, extracted answer, correctness, token
 count and, when lnrl.verify has a MathVerifier, its wrongness/absurdity and full error profile.
+
+Offline runs (the default) can be read back without syncing: `read_offline_run(<run dir>/wandb/offline-run-*)`
+parses the run's transaction log (run-*.wandb) into its name, group, tags, config, summary and history.
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ def name_wandb_run(logger_cfg: DictConfig | None, cfg: DictConfig) -> DictConfig
         for node in out.values():
             if not _is_wandb(node):
                 continue
-            for key, value in names.items():
-                if value and not node.get(key):
-                    node[key] = value
+            for key in ("name", "group"):
+                if names[key] and not node.get(key):
+                    node[key] = names[key]
+            node["tags"] = list(dict.fromkeys([*(node.get("tags") or []), *names["tags"]]))
     return out
 
 
@@ -117,3 +121,69 @@ def log_generation_table(loggers: Sequence[Any], records: Sequence[dict], tag: s
     columns, rows = generation_table(records)
     for lg in targets:
         lg.log_table(key=f"samples/{tag}", columns=columns, data=rows, step=step)
+
+
+# -- reading an offline run back ----------------------------------------------------------------
+# run-<id>.wandb is a LevelDB-style log: a 7-byte file header (":W&B", magic, version), then 32 KiB
+# blocks of chunks, each with a 7-byte header (crc32 u32, length u16, type u8); a record too long for
+# a block is split FIRST/MIDDLE/LAST. Each record is a wandb.proto Record message.
+_BLOCK, _HEADER = 32768, 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_records(path: str | Path) -> list:
+    """Every `wandb_internal_pb2.Record` of a run-*.wandb file, in order."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a wandb transaction log (header {data[:4]!r})")
+    pos, parts, records = _HEADER, b"", []
+    while pos + _HEADER <= len(data):
+        space = _BLOCK - pos % _BLOCK
+        if space < _HEADER:  # block trailer padding
+            pos += space
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        chunk = data[pos + _HEADER:pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0:  # zero padding to the end of the block
+            pos += space - _HEADER - length
+            continue
+        parts = chunk if kind in (_FULL, _FIRST) else parts + chunk
+        if kind in (_FULL, _LAST):
+            rec = pb.Record()
+            rec.ParseFromString(parts)
+            records.append(rec)
+    return records
+
+
+def _items(items) -> dict[str, Any]:
+    return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items}
+
+
+def read_offline_run(run_path: str | Path) -> dict[str, Any]:
+    """{"name", "group", "tags", "config", "summary", "history"} of an offline run directory (or its .wandb file).
+
+    config: the merged config updates; summary: the last value of every logged key; history: one dict
+    per wandb.log call.
+    """
+    run_path = Path(run_path)
+    files = [run_path] if run_path.suffix == ".wandb" else sorted(run_path.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no run-*.wandb file in {run_path}")
+    out: dict[str, Any] = {"name": None, "group": None, "tags": [], "config": {}, "summary": {}, "history": []}
+    for rec in read_records(files[0]):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out.update(name=rec.run.display_name or None, group=rec.run.run_group or None, tags=list(rec.run.tags))
+            out["config"].update(_items(rec.run.config.update))
+        elif kind == "config":
+            out["config"].update(_items(rec.config.update))
+        elif kind == "summary":
+            out["summary"].update(_items(rec.summary.update))
+        elif kind == "history":
+            out["history"].append(_items(rec.history.item))
+    return out

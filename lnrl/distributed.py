@@ -174,18 +174,22 @@ def shard_for_trainer(model: nn.Module, pl_module) -> nn.Module:
     return shard_model(model, mesh["data_parallel"], **options)
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """True when `module` is, or holds, an FSDP2- or FSDP1-sharded module: its forward is a collective."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in module.modules())
+
+
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict of a possibly sharded module, on CPU, on rank 0 only.
 
-    A collective under FSDP: every rank must call it. Other ranks get {}. Unsharded modules
-    return their plain state dict (on CPU) on every rank.
+    A collective when sharded: every rank must call it; the other ranks get {}. An unsharded module
+    gives its plain state dict (on CPU) on every rank.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-    sharded = any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in module.modules())
-    if not sharded:
+    if not is_sharded(module):
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 

@@ -16,16 +16,22 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from lnrl.assessment import assessment_accuracy
 from lnrl.data.collate import SFTCollator
-from lnrl.data.records import Example
+from lnrl.data.records import Example, GroupRecord, read_groups
 from lnrl.data.tokenize import encode
 from lnrl.generation import generate
 from lnrl.scoring import sequence_logps
+from lnrl.verify import MathVerifier
 from lnrl.verify.answers import answers_match, extract_answer
 
 import lnrl.utils  # noqa: F401  (registers config resolvers)
 
 log = logging.getLogger(__name__)
+
+# A generation is degenerate when the MathVerifier's degeneracy is at least this (no answer,
+# truncated, looping or garbage text: docs/verifier.md); val/degenerate_rate is their share.
+DEGENERATE_AT = 0.5
 
 
 def answer_accuracy(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int = 256,
@@ -36,16 +42,19 @@ def answer_accuracy(model, tokenizer, examples: Sequence[Example], *, max_new_to
                     batch_size=batch_size, system_prompt=system_prompt, desc="eval: generate",
                     progress=progress)
     records = []
+    verifier = MathVerifier()
     for ex, (g,) in zip(examples, gens):
         pred = extract_answer(g.text)
+        degeneracy = verifier.profile(ex.question, g.text, ex.answer, truncated=g.truncated).degeneracy
         records.append({"id": ex.id, "question": ex.question, "answer": ex.answer, "completion": g.text,
                         "pred": pred, "correct": answers_match(pred, ex.answer),
-                        "n_tokens": g.n_tokens, "truncated": g.truncated})
+                        "n_tokens": g.n_tokens, "truncated": g.truncated, "degeneracy": degeneracy})
     n = max(len(records), 1)
     metrics = {
         "val/answer_acc": sum(r["correct"] for r in records) / n,
         "val/gen_len": sum(r["n_tokens"] for r in records) / n,
         "val/truncated_rate": sum(r["truncated"] for r in records) / n,
+        "val/degenerate_rate": sum(r["degeneracy"] >= DEGENERATE_AT for r in records) / n,
     }
     return metrics, records
 
@@ -74,12 +83,21 @@ def gold_nll(model, tokenizer, examples: Sequence[Example], *, max_length: int =
 
 def evaluate_model(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int = 256,
                    batch_size: int = 16, max_length: int = 512, system_prompt: str | None = None,
+                   candidates: Sequence[GroupRecord] | None = None, include_gold: bool = True,
                    progress: bool = True) -> tuple[dict[str, float], list[dict]]:
-    """All generation-free and generation-based held-out metrics of one model."""
+    """All generation-free and generation-based held-out metrics of one model.
+
+    With `candidates` (group records of held-out questions, e.g. `lnrl-sample split=eval` output)
+    also `val/assessment_acc` (lnrl.assessment).
+    """
     metrics, records = answer_accuracy(model, tokenizer, examples, max_new_tokens=max_new_tokens,
                                        batch_size=batch_size, system_prompt=system_prompt, progress=progress)
     metrics["val/nll"] = gold_nll(model, tokenizer, examples, max_length=max_length,
                                   batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+    if candidates:
+        metrics.update(assessment_accuracy(model, tokenizer, candidates, include_gold=include_gold,
+                                           batch_size=batch_size, max_length=max_length,
+                                           system_prompt=system_prompt, progress=progress))
     metrics["val/n_examples"] = float(len(examples))
     return metrics, records
 
@@ -94,20 +112,29 @@ def write_results(out_dir: str | Path, metrics: dict, records: Sequence[dict] | 
                 f.write(json.dumps(r) + "\n")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> dict:
-    """lnrl-eval: evaluate one model on the held-out split of a data source."""
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate the configured model on the held-out split (the lnrl-eval stage; the pipeline calls it)."""
     from lnrl.models import load_model, load_tokenizer
+    from lnrl.refscores import pick_device
     from lnrl.utils import build_datamodule
 
     tokenizer = load_tokenizer(cfg.model)
     dm = build_datamodule(cfg, tokenizer)
+    dm.setup("validate")
     examples = dm.eval_examples[: cfg.eval.n_examples or None]
-    model = load_model(cfg.model, tokenizer)
+    model = load_model(cfg.model, tokenizer).to(pick_device(cfg.get("device") or "auto"))
+    candidates = read_groups(cfg.eval.candidates_path) if cfg.eval.get("candidates_path") else None
     metrics, records = evaluate_model(model, tokenizer, examples, max_new_tokens=cfg.eval.max_new_tokens,
                                       batch_size=cfg.eval.batch_size, max_length=dm.max_length,
-                                      system_prompt=dm.system_prompt)
+                                      system_prompt=dm.system_prompt, candidates=candidates,
+                                      include_gold=cfg.eval.get("include_gold", True))
     metrics["model"] = cfg.model.name
     write_results(cfg.paths.output_dir, metrics, records)
     log.info("metrics: %s", json.dumps(metrics, indent=2))
     return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    """lnrl-eval: evaluate one model on the held-out split of a data source."""
+    return evaluate(cfg)

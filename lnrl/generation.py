@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lnrl.data.tokenize import encode_prompt
+from lnrl.distributed import is_sharded
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ def generate(
             # Seed per batch so a resumed run reproduces the same samples for the same questions.
             torch.manual_seed(generator_seed + start)
         kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens,
-                      num_return_sequences=num_return_sequences, pad_token_id=pad_id, eos_token_id=eos_id)
+                      num_return_sequences=num_return_sequences, pad_token_id=pad_id, eos_token_id=eos_id,
+                      # A sharded model's forward is a collective: a rank whose batch finished keeps
+                      # stepping until every rank has, or the others hang waiting for its all-gather.
+                      synced_gpus=is_sharded(model))
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         seqs = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)

@@ -4,8 +4,9 @@
     lnrl-report outputs                                          # every run ever made
     lnrl-report <dir> --out <report dir> --metrics val/answer_acc val/nll
 
-A run dir is any directory holding `.hydra/config.yaml` (Hydra saves it for every run and sweep
-point); its status is ok (metrics.json), failed (failed.json) or incomplete (neither; see lnrl/sweep.py).
+A run dir is an lnrl-train run directory: one holding `.hydra/config.yaml` with a `method` (Hydra
+saves it for every run and sweep point; lnrl-eval/lnrl-sample runs are left out). Its status is ok
+(metrics.json), failed (failed.json) or incomplete (neither; see lnrl/sweep.py).
 Runs are grouped by everything but the seed: method, the loss settings (name, beta, normalize,
 constraint, boundary) and any other override that differs between runs (e.g. optim.lr). Each group
 shows its final metrics as mean ± std over its ok seeds (std is the sample standard deviation,
@@ -70,12 +71,15 @@ def _parse_override(o: str) -> tuple[str, str] | None:
     return key.lstrip("+~"), value
 
 
-def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """One flat row: dir, status, method, SETTING_FIELDS, seed, every numeric metric, error, overrides."""
+def load_run(run_dir: str | Path) -> dict[str, Any] | None:
+    """One flat row: dir, status, method, SETTING_FIELDS, seed, every numeric metric, error, overrides.
+    None for a run of another command (lnrl-eval, lnrl-sample: no `method` in its config)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / ".hydra" / "config.yaml"
     # A point that died before Hydra wrote its config still has its overrides in failed.json.
     cfg = OmegaConf.load(cfg_path) if cfg_path.exists() else OmegaConf.create()
+    if cfg_path.exists() and "method" not in cfg:
+        return None
     status = point_status(run_dir)
     metrics: dict[str, Any] = {}
     if status["status"] == "ok":
@@ -98,7 +102,7 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"lnrl-report: {root} is not a directory")
-    return [load_run(d) for d in find_run_dirs(root)]
+    return [r for d in find_run_dirs(root) if (r := load_run(d)) is not None]
 
 
 # -- grouping ----------------------------------------------------------------------------------

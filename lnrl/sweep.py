@@ -137,10 +137,10 @@ def _load_json(path: Path) -> dict:
 
 def read_overrides(run_dir: str | Path) -> list[str]:
     """The task overrides a run was launched with (`.hydra/overrides.yaml`)."""
-    from omegaconf import OmegaConf
+    import yaml  # not OmegaConf: an override like data.prefs_path=${paths.x}/a.jsonl must stay unresolved
 
     path = Path(run_dir) / ".hydra" / "overrides.yaml"
-    return [str(o) for o in OmegaConf.load(path)] if path.exists() else []
+    return [str(o) for o in yaml.safe_load(path.read_text()) or []] if path.exists() else []
 
 
 def point_status(run_dir: str | Path) -> dict[str, Any]:

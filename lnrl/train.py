@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lnrl.callbacks import GenerationEval
 from lnrl.dashboard import name_wandb_run
+from lnrl.export import export_module
 from lnrl.models import load_tokenizer
 from lnrl.sweep import run_point
 from lnrl.utils import build_all, build_datamodule, to_dict, write_json
@@ -53,9 +54,9 @@ def train(cfg: DictConfig) -> dict:
     datamodule.setup("fit")
     write_json(run_dir / "data_split.json", {"split": datamodule.split_info, "stats": datamodule.stats})
 
-    if cfg.get("export_hf") and trainer.is_global_zero and module.model is not None:
-        module.model.save_pretrained(run_dir / "hf_model")
-        tokenizer.save_pretrained(run_dir / "hf_model")
+    if cfg.get("export_hf") and module.model is not None:
+        # Every rank calls it: under FSDP the shards are gathered to rank 0, which writes.
+        export_module(trainer, module, tokenizer, run_dir / "hf_model")
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics.update(evaluator.results.get("after", {}))

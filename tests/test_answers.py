@@ -56,6 +56,8 @@ def test_extract_formats(text, answer, kind):
         ("#### 3/4", "3/4"),
         ("#### **12**", "12"),
         ("#### 2x + 1", "2x + 1"),  # not a number: kept as written for math-verify
+        ("#### The total is 1,440 apples.", "1440"),  # a sentence: its last number
+        ("#### \\frac{1}{2} of the pie", "\\frac{1}{2} of the pie"),  # LaTeX stays for math-verify
     ],
 )
 def test_extract_cleans_hashes(line, answer):

@@ -12,7 +12,7 @@ from conftest import CONF_DIR, TINY, compose_cfg
 # Groups whose options are `# @package _global_` patches or need extra inputs; composed, not instantiated.
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra",))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
-NEEDS = {("model", "hf"): ["model.path=/nonexistent"]}
+NEEDS = {("model", "hf"): ["model.path=/nonexistent"], ("data", "jsonl"): ["data.path=/nonexistent.jsonl"]}
 
 
 def test_every_group_has_options():

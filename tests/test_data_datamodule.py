@@ -11,7 +11,7 @@ import torch
 
 import lnrl
 from lnrl.data import DataError, LnrlDataModule, SFTCollator, encode_prompt, read_groups
-from lnrl.data.datamodule import EpochShuffle
+from lnrl.data.resumable import EpochShuffle
 from lnrl.models import load_tokenizer
 
 GROUPS = Path(lnrl.__file__).parent / "fixtures" / "groups_tiny.jsonl"
@@ -166,3 +166,35 @@ def test_lightning_sets_the_epoch(tok):
         expected = SFTCollator(tok.pad_token_id)([dm._train[i] for i in sampler])
         assert torch.equal(batch, expected["input_ids"])
     assert not torch.equal(seen[0], seen[1])
+
+
+def test_resume_mid_epoch_continues_the_data_order(tok, tmp_path):
+    """3 batches per epoch, 2 epochs. Stop after step 4 (mid epoch 1), resume from last.ckpt: the batches
+    of the two runs together equal the uninterrupted run's six, with none replayed or skipped."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    seen: list = []
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def training_step(self, batch, _):
+            seen.append(batch["input_ids"].tolist())
+            return self.w ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(ckpt_path=None, **kw):
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, **kw)
+        trainer.fit(Probe(), datamodule=make(tok, batch_size=4, seed=3), ckpt_path=ckpt_path)
+        return trainer
+
+    fit(max_epochs=2, enable_checkpointing=False)
+    full, seen[:] = list(seen), []
+    fit(max_steps=4, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)])
+    resumed = fit(max_epochs=2, enable_checkpointing=False, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert len(full) == 6 and seen == full and resumed.global_step == 6

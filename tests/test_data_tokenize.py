@@ -30,7 +30,8 @@ def test_prompt_is_the_chat_template(tok):
     ids = encode_prompt(tok, Q)
     assert ids == template_ids(tok, [{"role": "user", "content": Q}])
     text = tok.decode(ids)
-    assert text.startswith("<|im_start|>system\n") and text.endswith(f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>system\n")
+    assert text.endswith(f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n")
     custom = tok.decode(encode_prompt(tok, Q, system_prompt="Solve step by step."))
     assert custom.startswith("<|im_start|>system\nSolve step by step.<|im_end|>") and "SmolLM" not in custom
 

@@ -115,29 +115,31 @@ def test_reference_free_loss_builds_no_reference(tok):
     assert m.ref_model is None and not m.needs_reference
 
 
-@pytest.mark.parametrize("loss", [DPO_SUM, {"name": "dpo", "beta": 0.5, "normalize": "mean"}])
-def test_loss_decreases_on_one_batch(tok, scored, loss):
-    """20 AdamW steps (lr 1e-3) on one fixed batch: starts at ln 2, ends well below, chosen ranked first."""
-    batch = first_batch(datamodule(tok, scored, batch_size=2))
+@pytest.mark.parametrize("loss, below", [(DPO_SUM, 0.5 * LN2),
+                                         ({"name": "dpo", "beta": 2.0, "normalize": "mean"}, 0.75 * LN2)])
+def test_loss_decreases_on_one_batch(tok, scored, loss, below):
+    """15 AdamW steps (lr 1e-3) on one fixed pair: starts at ln 2, falls steadily, chosen ranked first."""
+    batch = first_batch(datamodule(tok, scored, batch_size=1))
     m = module(tok, loss)
     opt = torch.optim.AdamW(m.model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(15):
         out = m.pair_loss(batch)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         losses.append(out.loss.item())
     assert losses[0] == pytest.approx(LN2, abs=1e-4)
-    assert losses[-1] < 0.5 * LN2 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < below and losses[-1] < min(losses[:10])
     assert out.metrics["rewards/accuracies"].item() == 1.0
 
 
 def test_weighted_dpo_weighs_pairs_by_rejected_wrongness(tok, scored):
-    """L = sum_i w_i l_i / sum_i w_i, l_i = -log sigmoid(beta h_i), w_i = wrongness(rejected_i) * n / sum_j wrongness_j."""
-    pairs = make_pairs(read_groups(scored), gold_as_chosen=True, weight_field="profile.wrongness")
-    raw = [next(c for c in read_groups(scored) if c.id == p.meta["group_id"]).completions[p.meta["rejected"]]
-           .profile["wrongness"] for p in pairs]
+    """L = sum_i w_i l_i / sum_i w_i with l_i = -log sigmoid(beta h_i) and
+    w_i = wrongness(rejected_i) * n / sum_j wrongness(rejected_j) (mean 1 over the data set)."""
+    groups = {g.id: g for g in read_groups(scored)}
+    pairs = make_pairs(list(groups.values()), gold_as_chosen=True, weight_field="profile.wrongness")
+    raw = [groups[p.meta["group_id"]].completions[p.meta["rejected"]].profile["wrongness"] for p in pairs]
     w = torch.tensor(raw) * len(raw) / sum(raw)
     assert torch.allclose(torch.tensor([p.weight for p in pairs]), w) and len(set(raw)) > 1
     items = [{"chosen": encode(tok, p.question, p.chosen, MAX_LENGTH),

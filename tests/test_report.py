@@ -65,6 +65,9 @@ def sweep(tmp_path):
     make_run(root, str(next(i)), method="dpo", loss=dpo(0.5, "mean"), seed=1, error="normalize must be sum|mean")
     make_run(root, str(next(i)), method="dpo", loss=dpo(0.5, "mean"), seed=2)  # killed: no metrics, no failed.json
     (root / "multirun.yaml").write_text("{}\n")  # Hydra's sweep-level file: not a run
+    (root / "eval" / ".hydra").mkdir(parents=True)  # an lnrl-eval run dir (no method): not a training run
+    (root / "eval" / ".hydra" / "config.yaml").write_text("model: {name: tiny}\n")
+    (root / "eval" / "metrics.json").write_text('{"val/answer_acc": 1.0}')
     return root
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from lnrl.data.collate import GroupCollator, PairCollator, SFTCollator
 from lnrl.data.pairs import Pair, make_pairs
 from lnrl.data.records import DataError, Example, GroupRecord, check_on_error, read_groups
+from lnrl.data.resumable import EpochShuffle, ResumableDataLoader
 from lnrl.data.sources import SourceSplit, _plain, build_source
 from lnrl.data.tokenize import OVERLONG, encode_completion, encode_prompt, join
 
@@ -28,34 +28,16 @@ log = logging.getLogger(__name__)
 KINDS = ("sft", "pairs", "groups")
 
 
-class EpochShuffle(Sampler[int]):
-    """A permutation that depends only on (seed, epoch).
-
-    Lightning calls set_epoch at the start of every epoch (through its distributed wrapper too), so
-    a run resumed at epoch e sees exactly the order the uninterrupted run saw.
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 class LnrlDataModule(L.LightningDataModule):
     def __init__(self, source: dict, kind: str = "sft", prefs_path: str | None = None, pairing: str = "all",
                  gold_as_chosen: bool = True, weight_field: str | None = None, max_length: int = 512,
                  overlong: str = "truncate", on_error: str = "raise", batch_size: int = 4,
                  eval_batch_size: int = 8, num_workers: int = 0, system_prompt: str | None = None,
-                 tokenizer=None, seed: int = 0):
+                 tokenizer=None, seed: int = 0, path: str | None = None):
         super().__init__()
+        # `data.path=...` is the short form; the shipped configs interpolate it into source.path, which wins.
+        if path is not None and not dict(_plain(source)).get("path"):
+            source = {**dict(_plain(source)), "path": path}
         if kind not in KINDS:
             raise ValueError(f"data.kind={kind!r}; expected one of {KINDS}")
         if kind != "sft" and not prefs_path:
@@ -212,10 +194,21 @@ class LnrlDataModule(L.LightningDataModule):
         return {"sft": SFTCollator, "pairs": PairCollator, "groups": GroupCollator}[self.kind](self.pad_id)
 
     def train_dataloader(self) -> DataLoader:
+        """Order = permutation(seed, epoch); resuming mid-epoch skips the batches already trained on."""
         self._require_setup()
-        return DataLoader(self._train, batch_size=self.batch_size, sampler=EpochShuffle(len(self._train), self.seed),
-                          collate_fn=self.collator(), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(self._train, batch_size=self.batch_size,
+                                   sampler=EpochShuffle(len(self._train), self.seed), collate_fn=self.collator(),
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                   progress=self._progress)
+
+    def _progress(self) -> tuple[int, int]:
+        """(epoch, batches trained in it) when a checkpoint is written. `processed` includes the batch
+        whose on_train_batch_end is saving the checkpoint, so the resumed run starts right after it."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return trainer.current_epoch, done
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()

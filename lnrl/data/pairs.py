@@ -59,6 +59,45 @@ def pair_all(positives: list[Candidate], negatives: list[Candidate], group: Grou
     return [(p, n) for p in positives for n in negatives]
 
 
+@register_pairing("one_per_question")
+def pair_one_per_question(positives: list[Candidate], negatives: list[Candidate],
+                          group: GroupRecord) -> list[tuple[Candidate, Candidate]]:
+    """One pair per question: a positive and a negative picked by a hash of the question id.
+
+    `all` gives a question |P| * |N| pairs, so half-solved questions dominate the data; one pair
+    each weighs every question alike. The pick is deterministic (same file, same pairs) and
+    favours no sample position.
+    """
+    if not positives or not negatives:
+        return []
+    import hashlib
+
+    h = int.from_bytes(hashlib.sha256(group.id.encode()).digest()[:8], "little")
+    return [(positives[h % len(positives)], negatives[(h // len(positives)) % len(negatives)])]
+
+
+def _badness(c: Candidate, group: GroupRecord) -> float:
+    """wrongness + absurdity of a completion's verifier profile."""
+    profile = c.completion.profile or {}
+    for key in ("wrongness", "absurdity"):
+        if key not in profile:
+            raise DataError(f"group {group.id!r}: completions[{c.index}]: field 'profile.{key}': missing "
+                            f"(the hard_negative rule needs verifier profiles, as lnrl-sample writes them)")
+    return profile["wrongness"] + profile["absurdity"]
+
+
+@register_pairing("hard_negative")
+def pair_hard_negative(positives: list[Candidate], negatives: list[Candidate],
+                       group: GroupRecord) -> list[tuple[Candidate, Candidate]]:
+    """Every positive against the question's hardest negative: the incorrect completion with the
+    lowest wrongness + absurdity (near-correct but wrong; ties: the first sampled), the hard
+    negatives of arXiv 2512.19728. |P| pairs per question."""
+    if not positives or not negatives:
+        return []
+    hardest = min(negatives, key=lambda n: _badness(n, group))  # min keeps the first of equals
+    return [(p, hardest) for p in positives]
+
+
 def resolve(obj: Any, dotted: str) -> Any:
     """Follow a dotted path through attributes and dict keys: "profile.wrongness"."""
     for part in dotted.split("."):

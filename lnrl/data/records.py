@@ -48,12 +48,13 @@ def iter_jsonl(path: str | Path, on_error: str = "raise", stats: dict | None = N
                 continue
             try:
                 obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            except (json.JSONDecodeError, DataError) as e:
-                err = e if isinstance(e, DataError) else DataError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})")
+                err = None if isinstance(obj, dict) else \
+                    DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            except json.JSONDecodeError as e:
+                err = DataError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})")
+            if err is not None:
                 if on_error == "raise":
-                    raise err from None
+                    raise err
                 if stats is not None:
                     stats["skipped"] = stats.get("skipped", 0) + 1
                 continue
@@ -96,7 +97,8 @@ def parse_ref(obj: Any, loc: str, name: str) -> tuple[float, int] | None:
     if obj is None:
         return None
     if not isinstance(obj, dict):
-        raise DataError(f"{loc}: field '{name}': expected an object with logp_sum and n_tokens, got {type(obj).__name__}")
+        raise DataError(f"{loc}: field '{name}': expected an object with logp_sum and n_tokens, "
+                        f"got {type(obj).__name__}")
     logp = float(get_field(obj, "logp_sum", (int, float), loc, prefix=name + "."))
     n = get_field(obj, "n_tokens", int, loc, prefix=name + ".")
     if not math.isfinite(logp) or logp > 0:

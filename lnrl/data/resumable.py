@@ -15,49 +15,52 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class EpochShuffle(Sampler[int]):
-    """A permutation that depends only on (seed, epoch), optionally skipping its first `skip` items once.
+    """A permutation that depends only on (seed, epoch).
 
     Lightning calls set_epoch at the start of every epoch, so a run resumed at epoch e sees exactly
     the order the uninterrupted run saw.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = n, int(seed), shuffle
-        self.epoch, self._skip_epoch, self._skip = 0, -1, 0
+        self.n, self.seed, self.shuffle, self.epoch = n, int(seed), shuffle, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def skip_once(self, epoch: int, n_items: int) -> None:
-        self._skip_epoch, self._skip = int(epoch), int(n_items)
-
     def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.epoch == self._skip_epoch:
-            order, self._skip_epoch, self._skip = order[self._skip:], -1, 0
-        return iter(order)
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:
         return self.n
 
 
 class ResumableDataLoader(DataLoader):
-    """DataLoader over an EpochShuffle sampler with Lightning's `state_dict` / `load_state_dict` interface."""
+    """DataLoader with Lightning's `state_dict` / `load_state_dict` interface.
+
+    The skip is in whole batches of this loader, after any distributed split of the sampler, so it
+    holds for one process or many. Skipped batches are only collated, never trained on.
+    """
 
     def __init__(self, *args, progress: Callable[[], tuple[int, int]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochShuffle):
-            raise TypeError("ResumableDataLoader needs an EpochShuffle sampler")
         # progress() -> (epoch, batches completed in it), read from the trainer at checkpoint time.
         self._progress = progress
+        self._skip_batches = 0
 
     def state_dict(self) -> dict:
-        epoch, done = self._progress() if self._progress else (self.sampler.epoch, 0)
-        return {"epoch": int(epoch), "batches_done": int(done), "batch_size": self.batch_size}
+        epoch, done = self._progress() if self._progress else (0, 0)
+        return {"epoch": int(epoch), "batches_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.skip_once(state["epoch"], state["batches_done"] * state["batch_size"])
+        # Restored before the resumed epoch's first iteration; applies to that iteration only.
+        self._skip_batches = int(state.get("batches_done", 0))
+
+    def __iter__(self):
+        it = super().__iter__()
+        skip, self._skip_batches = self._skip_batches, 0
+        for _ in range(skip):
+            next(it, None)
+        return it

@@ -40,7 +40,6 @@ EXTRACTION_KINDS = ("hashes", "answer_is", "boxed", "last_number", "none")
 # A number as people write it: optional sign (ASCII or unicode minus), either properly grouped
 # thousands ("1,234,567") or plain digits, optional decimals; or a bare ".5".
 _NUM = r"[-−]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-_NUM_RE = re.compile(_NUM)
 # "last number" must not treat the "-" in "5-3" as a sign: a sign only counts at the start or
 # after a non-word, non-digit character.
 _LAST_NUM_RE = re.compile(r"(?:(?<![\w.)])[-−])?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
@@ -51,6 +50,7 @@ _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # ("18 dollars", "5 apples per day"). Units must be whole words after a space, so "2x" and "5 x"
 # stay expressions.
 _NUM_WITH_UNITS_RE = re.compile(r"(" + _NUM + r")(?:\s*%|\s+[A-Za-z]{2,}[A-Za-z .'/-]*)?")
+_WORDS_RE = re.compile(r"[A-Za-z]{3,}")
 _INT_RE = re.compile(r"-?\d{1,30}")
 _FRACTION_RE = re.compile(r"([-−]?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)")
 _LATEX_FRAC_RE = re.compile(r"([-−]?)\\[dt]?frac\s*\{\s*([-−]?[\d.]+)\s*\}\s*\{\s*([\d.]+)\s*\}")
@@ -60,6 +60,7 @@ _LATEX_SPACE_RE = re.compile(r"\\[,;:! ]|\\q?quad")
 # Longest digit string we convert exactly; longer "numbers" are treated as not-a-number (Python
 # refuses int() of > 4300 digits, and nothing a model should answer needs more than this).
 _MAX_NUMBER_CHARS = 64
+_MAX_BOXED_CHARS = 1000
 # math-verify (sympy) can take seconds on long or adversarial strings: only short ones go there.
 _MAX_MATH_VERIFY_CHARS = 200
 
@@ -67,9 +68,12 @@ _MAX_MATH_VERIFY_CHARS = 200
 def _last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` with balanced braces, or None."""
     matches = list(_BOXED_RE.finditer(text))
-    for m in reversed(matches):
+    # Bounded work on hostile input ("\\boxed{" x 1000): the last few boxes, each at most
+    # _MAX_BOXED_CHARS long; a longer "answer" is no answer.
+    for m in reversed(matches[-8:]):
         depth, i = 1, m.end()
-        while i < len(text):
+        stop = min(len(text), m.end() + _MAX_BOXED_CHARS)
+        while i < stop:
             ch = text[i]
             if ch == "{":
                 depth += 1
@@ -108,6 +112,11 @@ def _clean(raw: str) -> str | None:
         return m.group(1).replace(",", "").replace("−", "-")
     if _FRACTION_RE.fullmatch(s):
         return s.replace(" ", "").replace("−", "-")
+    if "\\" not in s and len(_WORDS_RE.findall(s)) >= 2:
+        # a sentence, not an expression ("#### The total is 72 apples"): its last number
+        numbers = _LAST_NUM_RE.findall(s)
+        if numbers:
+            return numbers[-1].replace(",", "").replace("−", "-")
     return s
 
 
@@ -130,11 +139,9 @@ def extract_answer_with_kind(text: str | None) -> tuple[str | None, str]:
         ans = _clean(boxed)
         if ans is not None:
             return ans, "boxed"
-    last = None
-    for last in _LAST_NUM_RE.finditer(text):
-        pass
-    if last is not None:
-        return last.group(0).replace(",", "").replace("−", "-"), "last_number"
+    numbers = _LAST_NUM_RE.findall(text)
+    if numbers:
+        return numbers[-1].replace(",", "").replace("−", "-"), "last_number"
     return None, "none"
 
 

@@ -36,10 +36,11 @@ MAX_EXPONENT = 64
 MAX_NUMBER_CHARS = 30
 # find_steps looks at most at this much text: a GSM8K solution is < 2,000 characters, and
 # anything past this is degenerate (the profile's degeneracy dimension says so).
-MAX_SOLUTION_CHARS = 50_000
+MAX_SEARCH_CHARS = 50_000
 MAX_STEPS = 400
 
-_NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+")
+# "1,000", "18 000" (space-grouped thousands, not before a digit, "/" or ","), "12", "12.", ".5"
+_NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?: \d{3})+(?![\d/,.])|\d+(?:\.\d*)?|\.\d+")
 _OPS = {
     "+": "+", "-": "-", "−": "-", "–": "-",
     "*": "*", "×": "*", "x": "*", "X": "*", "·": "*", "⋅": "*",
@@ -50,12 +51,14 @@ _SKIP = frozenset(" \t$€£")
 _ARITH_CHARS = frozenset("0123456789.") | frozenset(_OPS) | _SKIP
 # Unit words between a number and an operator or "=" ("2000 cases + 500 cases = 2500 cases",
 # "$600/weekday * 5 weekdays", "4 hours/day * 125 watts/hour=500"): blanked out (same length,
-# so offsets hold) before looking for inline chains. One to four words, the first of two letters
-# or more (a single letter is a variable: "5A", "3x-5"), "/" allowed between.
+# so offsets hold) before looking for inline chains. One to four words of two letters or more
+# (a single letter is a variable: "5A", "3x-5", "we get X = 1200"; "a" may follow a word: "in a
+# day"), "/" allowed between.
 _UNITS_RE = re.compile(
-    r"(?<=[\d%])[ \t]*/?[A-Za-z][A-Za-z'’-]+(?:[ \t/]+[A-Za-z][A-Za-z'’-]*){0,3}"
+    r"(?<=[\d%])[ \t]*/?[A-Za-z][A-Za-z'’-]+(?:[ \t/]+(?:[A-Za-z][A-Za-z'’-]+|a)){0,3}"
     r"(?=[ \t]*(?:[-+*/×÷·=−–]|[xX][ \t]*[$\d(.]))"
 )
+_SIMPLE_BINARY_RE = re.compile(r"[ \t]*(\d+(?:\.\d+)?|\.\d+)[ \t]*([-+*/])[ \t]*(\d+(?:\.\d+)?|\.\d+)[ \t]*")
 _PLAIN_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _RESTATEMENT_CHARS = "".join(sorted(_ARITH_CHARS)) + "="
 _TIGHT_FRACTION_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)(?![\d.])")
@@ -72,9 +75,6 @@ class _Num:
         self.value, self.text = value, text
 
 
-# A token is a _Num or an operator string ("+", "-", "*", "/", "^", "%", "(", ")", ","). A "-"
-# written directly before a digit becomes "-d", so a leading dash followed by a space ("Step 2 -
-# 3 * 4") can be told from a negative number ("-3 * 4").
 def _is_times_x(s: str, i: int) -> bool:
     """Whether the letter x at s[i] is a multiplication sign: between a number (or ")", "%")
     and a number (or "(", "$"), as in "3 x 4" and "3x(2+1)"; not in "3x-5" or "2x = 18"."""
@@ -89,6 +89,9 @@ def _is_times_x(s: str, i: int) -> bool:
     return k < len(s) and (s[k].isdigit() or s[k] in "($€£.")
 
 
+# A token is a _Num or an operator string ("+", "-", "*", "/", "^", "%", "(", ")", ","). A "-"
+# written directly before a digit becomes "-d", so a leading dash followed by a space ("- 3 * 4",
+# a bullet) can be told from a negative number ("-3 * 4").
 def _tokenize(s: str, positions: list[int] | None = None, partial: bool = False) -> list | None:
     """Tokens of s, or None on a character outside the grammar (with ``partial``, the tokens
     before it). Fills ``positions`` with each token's offset when given."""
@@ -108,7 +111,7 @@ def _tokenize(s: str, positions: list[int] | None = None, partial: bool = False)
             text = m.group(0)
             if len(text) > MAX_NUMBER_CHARS:
                 return toks if partial else None
-            tok, nxt = _Num(float(text.replace(",", "")), text), m.end()
+            tok, nxt = _Num(float(text.replace(",", "").replace(" ", "")), text), m.end()
         elif ch == "*" and i + 1 < n and s[i + 1] == "*":
             tok, nxt = "^", i + 2
         else:
@@ -241,9 +244,10 @@ class Step:
 
     ``value`` is what ``expr`` evaluates to; ``ok`` says whether ``stated`` agrees with it (see
     :func:`result_matches`). ``operands`` are the numbers written in ``expr`` (as written, before
-    any ``%``), ``start`` the character offset where the computation begins in the solution, so
-    "earlier in the solution" means ``solution[:start]``, and ``end`` where its result ends. For a GSM8K calculator annotation
-    ``<<48/2=24>>24`` the number written right after ``>>`` must agree too (``echo``).
+    any ``%``), ``start`` the character offset where the computation begins in the solution (so
+    "earlier in the solution" means ``solution[:start]``) and ``end`` where its result ends. For a
+    GSM8K calculator annotation ``<<48/2=24>>24`` the number written right after ``>>`` must
+    agree too (``echo``).
     """
 
     kind: str  # "annotation" | "inline"
@@ -290,6 +294,8 @@ def _tok_end(text: str, pos: int, tok) -> int:
 
 
 _BINARY_CHARS = frozenset("+*/^×÷·⋅%")
+_MAX_ATTEMPTS = 16
+_MIXED_FRACTION_RE = re.compile(r"\d+\s*/\s*\d")
 _DASHES = frozenset("-−–")
 
 
@@ -306,9 +312,13 @@ def _suffix_expr(text: str, before: str) -> tuple[int, float, _Parser] | None:
     toks = _tokenize(text, positions)
     if not toks:
         return None
+    tried = 0
     for i, t in enumerate(toks):
         if not (isinstance(t, _Num) or t == "(" or t == "-d"):
             continue
+        tried += 1
+        if tried > _MAX_ATTEMPTS:  # bounded work: each attempt is a parse
+            return None
         out = _parse(toks[i:])
         if out is None:
             continue
@@ -317,8 +327,10 @@ def _suffix_expr(text: str, before: str) -> tuple[int, float, _Parser] | None:
         while j > 0 and full[j - 1] in " \t$€£":
             j -= 1
         c = full[j - 1] if j > 0 else ""
-        if c and (c in _BINARY_CHARS or c.isdigit() or c == ")" or (c == ":" and j == len(full))):
-            return None  # continues leftwards: "X + 10", "1 1/2", "2(50+100)", "6:00+48"
+        if c.isdigit() and _MIXED_FRACTION_RE.match(text, positions[i]):
+            return None  # a mixed number: "1 1/2 + 2"
+        if c and (c in _BINARY_CHARS or c == ")" or (c in ":" and j == len(full)) or (c.isdigit() and j == len(full))):
+            return None  # continues leftwards: "X + 10", "2(50+100)", "6:00+48"
         if c in _DASHES and full[: j - 1].strip():
             return None  # "X-10", "a day - 4 hours": continues leftwards; a leading "- " is a bullet
         if c.isalpha() and j == len(full):
@@ -340,7 +352,9 @@ def _prefix_expr(text: str, after: str, whole: bool) -> tuple[float, _Parser, st
     toks = _tokenize(text, positions, partial=not whole)
     if not toks:
         return None
-    for j in range(len(toks), 0, -1):
+    # the whole text, then shorter and shorter (bounded), and last the first token alone
+    lengths = list(range(len(toks), max(1, len(toks) - _MAX_ATTEMPTS), -1)) + [1]
+    for j in dict.fromkeys(lengths):
         out = _parse(toks[:j])
         if out is None:
             if whole:
@@ -353,10 +367,10 @@ def _prefix_expr(text: str, after: str, whole: bool) -> tuple[float, _Parser, st
             return None  # glued to a letter: "5A", "1.2Y"
         if nxt == ":" and rest[1:2].isdigit():
             return None  # a time of day, "6:48"
-        if nxt and (nxt.isdigit() or nxt in "(+*/^×÷·-−–"):
-            # continues: "3 1/2", "30 + M", "24/Y" (a trailing " - " dash is punctuation)
-            if not (nxt in _DASHES and rest[1:2] == " "):
-                return None
+        if nxt.isdigit() and _MIXED_FRACTION_RE.match(rest):
+            return None  # a mixed number: "= 3 1/2"
+        if nxt and nxt in "(+*/^×÷·-−–" and not (nxt in _DASHES and rest[1:2] == " "):
+            return None  # continues: "30 + M", "24/Y" (a trailing " - " dash is punctuation)
         full = text + after
         if nxt and nxt in "xX" and _is_times_x(full, len(full) - len(rest)):
             return None
@@ -401,7 +415,7 @@ def _inline_steps(line: str, offset: int, out: list[Step], original: str) -> Non
         eqs = [pos]
         while True:
             nxt = _scan_right(line, eqs[-1] + 1)
-            if nxt < n and line[nxt] == "=" and nxt > eqs[-1] + 1:
+            if nxt < n and line[nxt] == "=" and nxt > eqs[-1] + 1 and len(eqs) < MAX_STEPS:
                 eqs.append(nxt)
             else:
                 break
@@ -410,20 +424,39 @@ def _inline_steps(line: str, offset: int, out: list[Step], original: str) -> Non
         # the longest expressions starting after each "=" (a sentence goes on after a result).
         left_start = _scan_left(line, eqs[0])
         segs = [line[a + 1 : b] for a, b in zip(eqs, eqs[1:] + [last_end])]
-        # vals[k] = (value, parser, start in line, text, what follows in the line, end in line)
-        vals: list[tuple[float, _Parser, int, str, str, int] | None] = []
+        # Each segment is read twice: as the result of the "=" before it (rhs[k]) and as the
+        # expression of the "=" after it (lhs[k]): the same whole expression in "a = b = c", or a
+        # result and a new expression in "3+4=7 5+6=11".
+        # entries: (value, parser, start in line, text, what follows in the line, end in line)
+        Entry = tuple[float, _Parser, int, str, str, int]
+        lhs_of: list[Entry | None] = []
+        rhs_of: list[Entry | None] = [None]
         first = _suffix_expr(line[left_start : eqs[0]], line[:left_start])
         if first is None:
-            vals.append(None)
+            lhs_of.append(None)
         else:
             start = left_start + first[0]
-            vals.append((first[1], first[2], start, line[start : eqs[0]], "", eqs[0]))
+            lhs_of.append((first[1], first[2], start, line[start : eqs[0]], "", eqs[0]))
         for k, (a, seg) in enumerate(zip(eqs, segs)):
-            r = _prefix_expr(seg, line[a + 1 + len(seg) :], whole=k < len(segs) - 1)
-            vals.append(None if r is None else (r[0], r[1], a + 1, seg, r[2], a + 1 + r[3]))
+            middle = k < len(segs) - 1
+            lead = len(seg) - len(seg.lstrip())
+            r = _prefix_expr(seg, line[a + 1 + len(seg) :], whole=middle)
+            if r is None and middle:
+                r = _prefix_expr(seg, line[a + 1 + len(seg) :], whole=False)
+                sfx = _suffix_expr(seg, line[: a + 1])
+                nxt_lhs = None
+                if sfx is not None:
+                    st = a + 1 + sfx[0]
+                    nxt_lhs = (sfx[1], sfx[2], st, line[st : a + 1 + len(seg)], "", a + 1 + len(seg))
+            else:
+                nxt_lhs = None if r is None else (r[0], r[1], a + 1 + lead, seg[lead:], r[2], a + 1 + r[3])
+            rhs_of.append(None if r is None else (r[0], r[1], a + 1 + lead, seg[lead:], r[2], a + 1 + r[3]))
+            lhs_of.append(nxt_lhs if middle else None)
 
-        for k in range(len(vals) - 1):
-            lhs, rhs = vals[k], vals[k + 1]
+        for k in range(len(eqs)):
+            if len(out) >= MAX_STEPS:
+                break
+            lhs, rhs = lhs_of[k], rhs_of[k + 1]
             if lhs is None or rhs is None or lhs[1].n_binary == 0:
                 continue  # "48 = 48", "x = 5", unparsable: not a checkable step
             v, p, start, expr_text, _, _ = lhs
@@ -461,6 +494,7 @@ def _inline_steps(line: str, offset: int, out: list[Step], original: str) -> Non
 def _annotation_steps(text: str, out: list[Step]) -> set[int]:
     """Steps from GSM8K calculator annotations; returns the line numbers that had any."""
     lines_with: set[int] = set()
+    lineno, counted_to = 0, 0
     for m in _ANNOTATION_RE.finditer(text):
         if len(out) >= MAX_STEPS:
             break
@@ -468,11 +502,20 @@ def _annotation_steps(text: str, out: list[Step]) -> set[int]:
         eq = body.rfind("=")
         if eq <= 0:
             continue
-        toks = _tokenize(body[:eq])
-        parsed = _parse(toks) if toks else None
-        if parsed is None or parsed[1].n_binary == 0:
-            continue
-        v, p = parsed
+        simple = _SIMPLE_BINARY_RE.fullmatch(body, 0, eq)
+        if simple is not None and not (simple.group(2) == "/" and float(simple.group(3)) == 0):
+            # fast path for "a op b", most annotations: no tokenizer, no parser
+            a, b = float(simple.group(1)), float(simple.group(3))
+            op = simple.group(2)
+            v = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+            operands: tuple[float, ...] = (a, b)
+        else:
+            toks = _tokenize(body[:eq])
+            parsed = _parse(toks) if toks else None
+            if parsed is None or parsed[1].n_binary == 0:
+                continue
+            v, p = parsed
+            operands = tuple(t.value for t in p.operands)
         stated_text = body[eq + 1 :].strip().lstrip("$€£ ")
         if _PLAIN_NUMBER_RE.fullmatch(stated_text):  # fast path: nearly every annotation
             sv = float(stated_text.replace(",", ""))
@@ -495,7 +538,9 @@ def _annotation_steps(text: str, out: list[Step]) -> set[int]:
         start = line_start + len(text[line_start : m.start()].rstrip(_RESTATEMENT_CHARS))
         while start < m.start() and not (text[start].isdigit() or text[start] in "(.-"):
             start += 1
-        lines_with.add(text.count("\n", 0, m.start()))
+        lineno += text.count("\n", counted_to, m.start())
+        counted_to = m.start()
+        lines_with.add(lineno)
         out.append(
             Step(
                 kind="annotation",
@@ -506,7 +551,7 @@ def _annotation_steps(text: str, out: list[Step]) -> set[int]:
                 ok=ok,
                 start=start,
                 end=echo_m.end() if echo_m else m.end(),
-                operands=tuple(t.value for t in p.operands),
+                operands=operands,
                 echo=echo,
             )
         )
@@ -521,11 +566,11 @@ def find_steps(solution: str) -> list[Step]:
     calculator annotation is not searched for inline chains as well (GSM8K writes every
     annotated computation twice: ``48/2 = <<48/2=24>>24``). A side without an operator
     (``48 = 48``, ``x = 5``) is a restatement, not a step. Only the first
-    :data:`MAX_SOLUTION_CHARS` characters are searched, for at most :data:`MAX_STEPS` steps.
+    :data:`MAX_SEARCH_CHARS` characters are searched, for at most :data:`MAX_STEPS` steps.
     """
     if not solution or not isinstance(solution, str):
         return []
-    text = solution[:MAX_SOLUTION_CHARS]
+    text = solution[:MAX_SEARCH_CHARS]
     if "=" not in text:
         return []
     steps: list[Step] = []

@@ -8,12 +8,13 @@ are our own, documented in docs/verifier.md and here, exactly as coded:
                          (or there is none), else 0.
 2. ``numeric_gap``       0 if the answers match; else min(1, |slog(pred) - slog(ref)| / 2) with
                          slog(x) = sign(x) * log10(1 + |x|): 72 vs 73 -> 0.003, 72 vs 144 -> 0.15,
-                         x10 -> ~0.5, x100 or a sign flip -> 1. 1 when there is no answer or
+                         x10 -> ~0.5, x100 -> ~1, a sign flip -> 1. 1 when there is no answer or
                          either side is not a plain number.
 3. ``arithmetic_error``  wrong steps / checkable steps (0 without steps); see lnrl.verify.arith.
 4. ``ungrounded_quantity`` operands of steps that appear neither in the question nor earlier in
-                         the solution (results of earlier steps count) nor in WHITELIST, over all
-                         operands of all steps (0 without steps).
+                         the solution (results of earlier steps count; "25%" also gives 0.25,
+                         "twice" 2, "week" 7, ...) nor in WHITELIST, over all operands of all
+                         steps (0 without steps).
 5. ``inconsistency``     max of: the final answer differs from the last step's result (stated
                          or computed) and is not written in the text after that step either
                          (final-answer lines excluded), and the solution states conflicting final
@@ -116,19 +117,22 @@ ABSURDITY_WEIGHTS = {
     "arithmetic_error": 0.10,
 }
 
-# Operands that need no grounding: unit conversions and counting constants (percent, dozen,
-# days/week, hours/day, minutes/hour, months/year, weeks/year, days/year, ...).
-WHITELIST = frozenset({0.0, 0.01, 1.0, 2.0, 3.0, 4.0, 7.0, 10.0, 12.0, 24.0, 30.0, 52.0, 60.0, 100.0, 365.0, 1000.0, 3600.0})
+# Operands that need no grounding anywhere: 0, small counting constants (1-4: "4 legs", "3 feet
+# in a yard"), 10, and the commonest conversions (12 a dozen / months a year, 24 hours a day, 60
+# minutes an hour, 0.01 / 100 per cent, 1000 per mille). Other conversions are grounded by their
+# unit word in the text ("week" -> 7, "month" -> 4 and 30, "year" -> 12, 52 and 365, ...).
+WHITELIST = frozenset({0.0, 0.01, 1.0, 2.0, 3.0, 4.0, 10.0, 12.0, 24.0, 60.0, 100.0, 1000.0})
 
 MAX_SOLUTION_CHARS = 20_000  # longer is degenerate; analysis looks at this much
 LONG_TOKEN_CHARS = 60  # no word or number of a solution needs 60 characters (annotations aside)
 NGRAM = 4
 # Repetition: gold GSM8K train solutions repeat at most 31% of their 4-grams (99.9th percentile
-# 26%, median 0); a looping generation repeats most of them. Linear ramp from 0.3 to 0.7.
-REPEAT_LO, REPEAT_HI = 0.30, 0.70
+# 26%, median 0); a looping generation repeats most of them. Linear ramp from 0.35 to 0.75.
+REPEAT_LO, REPEAT_HI = 0.35, 0.75
 # Garbage: gold GSM8K solutions are at least 53% alphanumeric (non-space characters; 99.9% are
 # above 62%). Linear ramp from 0 at 50% to 1 at 20%.
 ALNUM_LO, ALNUM_HI = 0.20, 0.50
+MIN_GARBAGE_CHARS = 16  # below this many non-space, non-"#" characters the share is not judged
 
 _NUM_IN_TEXT_RE = re.compile(
     r"(?<![\w.])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:\s*(%|percent|cents?\b))?(?:/(\d+(?:\.\d+)?))?"
@@ -147,16 +151,18 @@ _WORD_VALUES: dict[str, tuple[float, ...]] = {
     "sixth": (6,), "seventh": (7,), "eighth": (8, 0.125), "tenth": (10, 0.1),
     "dozen": (12,), "dozens": (12,), "score": (20,), "pair": (2,), "pairs": (2,),
     "week": (7,), "weeks": (7,), "hour": (60,), "hours": (60,), "minute": (60,), "minutes": (60,),
-    "year": (12, 52, 365), "years": (12, 52, 365), "day": (24,), "days": (24,),
+    "year": (12, 52, 365), "years": (12, 52, 365), "day": (24, 7), "days": (24, 7),
+    "month": (4, 30, 12), "months": (4, 30, 12), "second": (60, 3600), "seconds": (60, 3600),
+    "yearly": (12, 52, 365), "monthly": (4, 30), "weekly": (7, 52), "daily": (7, 365),
     "cent": (100, 0.01), "cents": (100, 0.01), "percent": (100, 0.01), "penny": (0.01,),
     "pennies": (0.01,), "nickel": (0.05, 5), "nickels": (0.05, 5), "dime": (0.1, 10),
     "dimes": (0.1, 10), "feet": (12,), "foot": (12,),
     "yard": (3,), "yards": (3,), "pound": (16,), "pounds": (16,), "gallon": (4, 128), "gallons": (4, 128),
 }  # fmt: skip
+_SPACED_RE = re.compile(r"(?<![\d.,])\d{1,3}(?: \d{3})+(?![\d/,.])")
 _PER_HUNDRED_RE = re.compile(r"\s*(?:%|percent|cents?\b)", re.IGNORECASE)
 # Every word, looked up in _WORD_VALUES (one alternation of all the keys is 5x slower).
 _WORD_RE = re.compile(r"[A-Za-z]{3,}")
-_FINAL_LINE_RE = re.compile(r"[^\n]*(?:####|[Tt]he (?:final )?answer is|\\boxed)[^\n]*")
 _ANNOTATION_RE = re.compile(r"<<[^<>\n]{0,300}>>")
 _ALNUM_RE = re.compile(r"[^\W_]", re.UNICODE)
 _SPACE_RE = re.compile(r"\s+")
@@ -184,6 +190,9 @@ def _text_quantities(text: str) -> list[tuple[int, float]]:
             out.append((m.start(3), d))
             if d:
                 out.append((m.start(), v / d))
+    for m in _SPACED_RE.finditer(text):
+        # "18 000" is one number too (its parts stay above: "on day 5 100 boxes")
+        out.append((m.start(), float(m.group(0).replace(" ", ""))))
     for m in _WORD_RE.finditer(text):
         values = _WORD_VALUES.get(m.group(0).lower())
         if values is None:
@@ -206,6 +215,10 @@ def _question_keys(question: str) -> frozenset[float]:
 @lru_cache(maxsize=8192)
 def _reference_value(reference: str) -> Fraction | None:
     return parse_number(reference)
+
+
+def _is_final_line(line: str) -> bool:
+    return "####" in line or "\\boxed" in line or "answer is" in line.lower()
 
 
 def _slog(x: float) -> float:
@@ -344,7 +357,7 @@ class MathVerifier:
                 # A conclusion after the last step may still derive the answer in words ("so 50 is
                 # cheaper", "3950 - 200 cases leaves 3750"): consistent when the answer is written
                 # there, outside the final-answer statements themselves.
-                tail = _FINAL_LINE_RE.sub(" ", text[last.end :])
+                tail = "\n".join(ln for ln in text[last.end :].split("\n") if not _is_final_line(ln))
                 key = _key(p)
                 if all(_key(v) != key for _, v in _text_quantities(tail)):
                     final_vs_last = 1.0
@@ -434,11 +447,12 @@ class MathVerifier:
 
     @staticmethod
     def _garbage(text: str) -> float:
-        compact = _SPACE_RE.sub("", text)
+        # "#" is markup ("#### 72", "### Step 1"), not text; a share needs a few characters.
+        compact = _SPACE_RE.sub("", text).replace("#", "")
         if not compact:
-            return 1.0
+            return 1.0 if text.strip() else 0.0  # only "#"s: garbage; empty: "no answer" says it
         alnum = len(_ALNUM_RE.findall(compact)) / len(compact)
-        few_alnum = _clip((ALNUM_HI - alnum) / (ALNUM_HI - ALNUM_LO))
+        few_alnum = _clip((ALNUM_HI - alnum) / (ALNUM_HI - ALNUM_LO)) if len(compact) >= MIN_GARBAGE_CHARS else 0.0
         # calculator annotations glue a whole computation into one token: not garbage
         plain = _ANNOTATION_RE.sub("", text) if "<<" in text else text
         long_chars = sum(len(t) for t in plain.split() if len(t) > LONG_TOKEN_CHARS)
