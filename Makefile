@@ -28,10 +28,10 @@ demo: $(STAMP)
 	$(PY) -m lnrl.pipeline
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup -q
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) scripts/bench_verifier.py

@@ -120,7 +120,7 @@ def test_build_prefs_files_and_counts(tmp_path, groups):
     assert stats["ranks"] == {1: 3, 2: 3, 3: 2}
     assert stats["aft_gold_positive"] == 1 and stats["aft_groups_with_both"] == 2
     assert stats["pairs"]["all"]["pairs"] == 8 and stats["pairs"]["one_per_question"]["pairs"] == 2
-    assert stats["pairs"]["hard_negative"]["pairs"] == 3 and stats["refs_missing"] == 8 + 3
+    assert stats["pairs"]["hard_negative"]["pairs"] == 3 and stats["refs_missing"] == 8 + 2  # q2 has a gold_ref
     assert json.loads((tmp_path / "stats.json").read_text())["pairing"] == "hard_negative"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lnrl.losses import LossOutput, build_loss
+from lnrl.losses import LossOutput
 from lnrl.methods.base import LnrlModule
 from lnrl.scoring import sequence_logps
 
@@ -43,7 +43,6 @@ class AFTModule(LnrlModule):
         if sft_weight < 0:
             raise ValueError(f"method.sft_weight={sft_weight}; must be >= 0")
         self.sft_weight, self.use_ranks = float(sft_weight), bool(use_ranks)
-        self.nll_fn = build_loss("nll")  # the gold-CoT term, and val/loss on held-out gold CoTs
 
     def group_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossOutput, dict[str, torch.Tensor]]:
         """(total loss, alignment LossOutput, extra metrics) for one batch of groups."""
@@ -78,7 +77,3 @@ class AFTModule(LnrlModule):
                          batch_size=batch["gold_input_ids"].shape[0])
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out = self.nll_fn(logits=logits, input_ids=batch["input_ids"], completion_mask=batch["completion_mask"])
-        self.log_metrics("val", {"loss": out.loss}, batch_size=batch["input_ids"].shape[0])

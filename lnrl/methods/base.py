@@ -45,6 +45,8 @@ class LnrlModule(pl.LightningModule):
                 f"it feeds {', '.join(self.loss_kinds)} losses. Pick a matching method=... or loss=...")
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg)
         self.model: torch.nn.Module | None = None
+        # Held-out gold CoTs are scored by token NLL whatever the method, so val/loss compares across methods.
+        self.nll_fn = build_loss("nll")
 
     # -- model -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -52,11 +54,17 @@ class LnrlModule(pl.LightningModule):
         if self.model is None:
             # Under trainer=fsdp2 this shards per decoder block; otherwise it returns the model as is.
             self.model = shard_for_trainer(load_model(self.model_cfg, self.tokenizer), self)
+            self.model.train()  # from_pretrained returns eval mode; dropout is off either way
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               completion_mask: torch.Tensor) -> SeqScores:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return sequence_logps(logits, input_ids, completion_mask)
+
+    def validation_step(self, batch, batch_idx):
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = self.nll_fn(logits=logits, input_ids=batch["input_ids"], completion_mask=batch["completion_mask"])
+        self.log_metrics("val", {"loss": out.loss}, batch_size=batch["input_ids"].shape[0])
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):

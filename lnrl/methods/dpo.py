@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lnrl.losses import LossOutput, build_loss, get_spec
+from lnrl.losses import LossOutput, get_spec
 from lnrl.methods.base import LnrlModule
 from lnrl.models import load_model
 from lnrl.scoring import SeqScores, sequence_logps
@@ -40,7 +40,6 @@ class DPOModule(LnrlModule):
             raise ValueError(f"method.reference={reference!r}; expected one of {REFERENCES}")
         self.reference = reference
         self.needs_reference = get_spec(self.loss_fn).needs_reference
-        self.val_loss_fn = build_loss("nll")  # held-out gold CoTs: token NLL, comparable across methods
         self._ref_model: tuple[torch.nn.Module, ...] = ()  # a tuple hides it from nn.Module registration
 
     # -- reference --------------------------------------------------------------------------
@@ -97,10 +96,6 @@ class DPOModule(LnrlModule):
         self.log_metrics("train", {"loss": out.loss, **out.metrics}, batch_size=batch["input_ids"].shape[0] // 2)
         return out.loss
 
-    def validation_step(self, batch, batch_idx):
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out = self.val_loss_fn(logits=logits, input_ids=batch["input_ids"], completion_mask=batch["completion_mask"])
-        self.log_metrics("val", {"loss": out.loss}, batch_size=batch["input_ids"].shape[0])
 
 
 class WeightedDPOModule(DPOModule):

@@ -12,14 +12,8 @@ class VFTModule(LnrlModule):
     data_kind = "sft"
     loss_kinds = ("token",)
 
-    def _step(self, batch, prefix: str):
+    def training_step(self, batch, batch_idx):
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         out = self.loss_fn(logits=logits, input_ids=batch["input_ids"], completion_mask=batch["completion_mask"])
-        self.log_metrics(prefix, {"loss": out.loss, **out.metrics}, batch_size=batch["input_ids"].shape[0])
+        self.log_metrics("train", {"loss": out.loss, **out.metrics}, batch_size=batch["input_ids"].shape[0])
         return out.loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
