@@ -155,11 +155,12 @@ class FSDP2Strategy(ModelParallelStrategy):
                 "reshard_after_forward": self.reshard_after_forward}
 
 
-def shard_for_trainer(model: nn.Module, pl_module) -> nn.Module:
-    """Shard `model` (a policy or a live reference model) if the trainer's strategy is model-parallel.
+def shard_for_trainer(model: nn.Module, pl_module, frozen: bool = False) -> nn.Module:
+    """Shard `model` (a policy, or a live reference with frozen=True) if the strategy is model-parallel.
 
     Call from `configure_model`; a no-op without a device mesh (one process, DDP, FSDP1 — which wraps
-    the whole LightningModule itself).
+    the whole LightningModule itself). A frozen model runs under no_grad, so it skips activation
+    checkpointing (no activations are kept for it anyway).
     """
     mesh = pl_module.device_mesh
     if mesh is None:
@@ -171,6 +172,8 @@ def shard_for_trainer(model: nn.Module, pl_module) -> nn.Module:
         options = strategy.sharding_options()
     else:  # a plain ModelParallelStrategy: defaults, bf16 compute on GPU
         options = {"param_dtype": torch.bfloat16 if strategy.root_device.type == "cuda" else None}
+    if frozen:
+        options["activation_checkpointing"] = False
     return shard_model(model, mesh["data_parallel"], **options)
 
 

@@ -2,13 +2,19 @@
 
 The comparison behind every parity test: 2 processes x batch 2 must train exactly like 1 process x
 batch 4 (the same global batch): FSDP2 averages gradients over ranks and Lightning averages the
-logged per-rank losses, so each step's loss is the mean over the same 4 rows either way.
+logged per-rank losses, so each step's loss is the mean over the same 4 rows either way. Each
+training set is exactly one global batch, so every step trains on all of it whatever the row order:
+under several processes Lightning re-shuffles the datamodule's sampler order (DistributedSamplerWrapper
+with shuffle=True), so on a larger set the 2-process batches would not be the 1-process ones.
 
 Tolerance: 1e-4 relative on the loss. The math is identical; only the float summation order differs
-(one batch-4 matmul vs two batch-2 matmuls, then a gloo all-reduce), ~1e-7 relative per step, and
-Adam's normalized update can enlarge such differences a little over steps. Real faults move the loss
-far more at lr 1e-3: summed instead of averaged gradients, a rank's rows lost, a lost optimizer
-state on resume each change the loss by > 1e-3 relative within a step or two.
+(one batch-4 matmul vs two batch-2 matmuls, then a gloo reduce-scatter); observed: 0 for VFT, ~1e-6
+for DPO after 3 steps, as Adam's normalized update can enlarge rounding differences a little. The faults these tests
+are for move the loss further at lr 1e-3: a rank's rows dropped or counted twice changes the update
+direction; weights not restored on resume change the first resumed loss; Adam moments not restored
+change the second one by ~1.5e-3 relative (measured on this tiny model). (Adam is blind to a constant
+gradient scale, so summed-vs-averaged gradients would not show in the loss; the logged loss and
+the rank probe check the metric reduction instead.)
 
 Equal token counts: VFT's loss is a token mean per rank, and the mean of two token means is the
 global token mean only when both ranks hold as many tokens. The VFT rows here are all one length
@@ -29,7 +35,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # each fixture run is a subprocess, ~10-35 s on 2 CPU cores
+pytestmark = pytest.mark.slow  # each 2-process run is a subprocess pair, ~20-40 s on 2 CPU cores
 
 TESTS = Path(__file__).resolve().parent
 FSDP2 = ["trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -53,6 +59,15 @@ def lnrl_train(run_dir: Path, overrides: list[str], timeout: int = 240) -> Path:
         failed = run_dir / "failed.json"
         detail = json.loads(failed.read_text())["traceback"] if failed.is_file() else proc.stderr[-4000:]
         raise AssertionError(f"lnrl-train {' '.join(overrides)} failed (rc {proc.returncode}):\n{detail}")
+    return run_dir
+
+
+def train_here(run_dir: Path, overrides: list[str]) -> Path:
+    """The 1-process baseline, in this process (saves a subprocess start)."""
+    from conftest import compose_cfg
+    from lnrl.train import train
+
+    train(compose_cfg(overrides, run_dir))
     return run_dir
 
 
@@ -89,7 +104,7 @@ def vft_common(vft_data) -> list[str]:
 @pytest.fixture(scope="module")
 def vft_single(tmp_path_factory, vft_common) -> Path:
     """1 process x batch 4, 5 steps straight."""
-    return lnrl_train(tmp_path_factory.mktemp("vft") / "single",
+    return train_here(tmp_path_factory.mktemp("vft") / "single",
                       [*vft_common, "data.batch_size=4", "trainer.max_steps=5", "eval.enabled=false",
                        "callbacks=none", "export_hf=false"])
 
@@ -172,18 +187,27 @@ def test_export_of_sharded_checkpoint_loads_and_evaluates(vft_sharded, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def dpo_common() -> list[str]:
-    # Live reference: under fsdp2 the reference model's forward runs on every rank too.
-    return ["experiment=fixtures", "method=dpo", "method.reference=live", "logger=csv", "scheduler=constant",
-            "optim.lr=1e-3", "trainer.max_steps=3", "trainer.limit_val_batches=0", "eval.enabled=false",
-            "trainer.enable_progress_bar=false"]
+def dpo_prefs(tmp_path_factory) -> Path:
+    """Two fixture questions giving 4 + 4 (correct, incorrect) pairs: 8 pairs, one global batch."""
+    from lnrl.data import make_pairs, read_groups
+    from lnrl.utils import PACKAGE_DIR
+
+    lines = (PACKAGE_DIR / "fixtures" / "groups_tiny.jsonl").read_text().splitlines()
+    path = tmp_path_factory.mktemp("prefs") / "groups.jsonl"
+    path.write_text(lines[0] + "\n" + lines[3] + "\n")
+    assert len(make_pairs(read_groups(path), rule="all", gold_as_chosen=True)) == 8
+    return path
 
 
-def test_dpo_two_processes_match_one_process(tmp_path, dpo_common):
-    """DPO on the fixture pairs: 2 x batch 2 == 1 x batch 4. The shuffled order splits by position
-    (rank r takes rows r, r+2, ... of each global batch), so the global batches are the same rows."""
-    single = logged(lnrl_train(tmp_path / "single", [*dpo_common, "data.batch_size=4"]), "train/loss")
-    sharded = logged(lnrl_train(tmp_path / "sharded", [*dpo_common, *FSDP2, "data.batch_size=2"]), "train/loss")
+def test_dpo_two_processes_match_one_process(tmp_path, dpo_prefs):
+    """DPO, live reference (its forward runs on every rank too): 2 x batch 4 == 1 x batch 8.
+
+    The loss is a mean over pairs, so equal per-rank pair counts make it the global mean."""
+    common = ["experiment=fixtures", "method=dpo", "method.reference=live", f"data.prefs_path={dpo_prefs}",
+              "logger=csv", "scheduler=constant", "optim.lr=1e-3", "trainer.max_steps=3", "trainer.max_epochs=-1",
+              "trainer.limit_val_batches=0", "eval.enabled=false", "trainer.enable_progress_bar=false"]
+    single = logged(train_here(tmp_path / "single", [*common, "data.batch_size=8"]), "train/loss")
+    sharded = logged(lnrl_train(tmp_path / "sharded", [*common, *FSDP2, "data.batch_size=4"]), "train/loss")
     assert single[0] == pytest.approx(0.6931472, rel=1e-5)  # policy == live reference at step 0: ln 2
     assert single[2] < single[0] - 1e-3
     assert_same_losses(sharded, single, range(3))

@@ -148,6 +148,15 @@ def test_aft_boundary_plot_and_extra_override_columns(tmp_path):
     assert len(rep["notes"]) == 2  # no beta, no reward margins
 
 
+def test_main_prints_table_and_failures(sweep, tmp_path, capsys):
+    assert main([str(sweep), "--out", str(tmp_path / "r"), "--metrics", "val/answer_acc", "val/gen_len"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.4 ± 0.2 | 120 ± 20 |" in out and "rewards/margins" not in out
+    assert "FAILED: loss.beta=0.5" in out and "ValueError: normalize must be sum|mean" in out
+    assert (tmp_path / "r" / "report.csv").exists() and not (sweep / "report.md").exists()
+
+
+@pytest.mark.slow
 def test_cli(sweep, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, "-m", "lnrl.report", str(sweep), "--metrics", "val/answer_acc"],

@@ -48,19 +48,24 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         # progress() -> (epoch, batches completed in it), read from the trainer at checkpoint time.
         self._progress = progress
-        self._skip_batches = 0
+        self._skip_epoch, self._skip_batches = -1, 0
 
     def state_dict(self) -> dict:
         epoch, done = self._progress() if self._progress else (0, 0)
         return {"epoch": int(epoch), "batches_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
-        # Restored before the resumed epoch's first iteration; applies to that iteration only.
-        self._skip_batches = int(state.get("batches_done", 0))
+        self._skip_epoch, self._skip_batches = int(state["epoch"]), int(state.get("batches_done", 0))
 
     def __iter__(self):
         it = super().__iter__()
-        skip, self._skip_batches = self._skip_batches, 0
-        for _ in range(skip):
-            next(it, None)
-        return it
+        return self._skipping(it) if self._skip_batches else it
+
+    def _skipping(self, it):
+        # Decided at the first next(), not at iter(): Lightning creates the iterator before it sets
+        # the resumed epoch on the sampler (also on its distributed wrapper).
+        if getattr(self.sampler, "epoch", None) == self._skip_epoch:
+            skip, self._skip_epoch, self._skip_batches = self._skip_batches, -1, 0
+            for _ in range(skip):
+                next(it, None)
+        yield from it
