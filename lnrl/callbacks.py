@@ -56,3 +56,18 @@ class GenerationEval(pl.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.enabled:
             self.run(trainer, pl_module, "after")
+
+
+class SaveOnException(pl.Callback):
+    """Write `<dirpath>/on_exception.ckpt` when fit crashes (a NaN loss, Ctrl-C) so no work is lost.
+
+    Unlike Lightning's OnExceptionCheckpoint, its presence does not turn `fit(ckpt_path=None)` into an
+    implicit resume from `last`: a run resumes only when `ckpt_path=...` says so.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "on_exception"):
+        self.path = f"{dirpath}/{filename}.ckpt"
+
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        trainer.save_checkpoint(self.path)
+        log.error("%s: %s; state saved to %s", type(exception).__name__, exception, self.path)

@@ -109,3 +109,37 @@ def test_nan_loss_stops_before_the_update(tiny_cfg):
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         module.on_before_backward(torch.tensor(float("nan")))
     module.on_before_backward(torch.tensor(1.0))  # finite: no error
+
+
+def test_lnrl_eval_scores_an_exported_model(tiny_cfg, tmp_path):
+    """lnrl-eval on a run's hf_model gives the numbers the end-of-fit evaluation gave for the same model."""
+    from lnrl.evaluate import main as eval_main
+
+    metrics = train(tiny_cfg())
+    eval_dir = tmp_path / "eval"
+    cfg = compose_cfg(["model=hf", f"model.path={tmp_path / 'hf_model'}", "eval.n_examples=4",
+                       "eval.max_new_tokens=8", "eval.batch_size=4", "data.source.n_train=16",
+                       "data.source.n_eval=4"], eval_dir, config_name="eval")
+    got = eval_main.__wrapped__(cfg)
+    saved = json.loads((eval_dir / "metrics.json").read_text())
+    assert saved["val/answer_acc"] == got["val/answer_acc"] == metrics["val/answer_acc"]
+    assert abs(saved["val/nll"] - metrics["val/nll"]) < 1e-4
+    assert len((eval_dir / "generations.jsonl").read_text().splitlines()) == 4
+
+
+def test_crash_mid_fit_saves_a_resumable_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    """A loss that turns NaN at step 2 stops the run with a clear error and leaves on_exception.ckpt."""
+    from lnrl.methods.vft import VFTModule
+
+    real = VFTModule.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = real(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step == 2 else loss
+
+    monkeypatch.setattr(VFTModule, "training_step", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        train(tiny_cfg(["trainer.max_steps=5", "eval.enabled=false"]))
+    state = torch.load(tmp_path / "checkpoints" / "on_exception.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
