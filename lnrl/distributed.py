@@ -104,8 +104,9 @@ def shard_model(model: nn.Module, mesh, *, activation_checkpointing: bool = Fals
     for parent, name, block in _blocks(model):
         unit = parent if isinstance(parent, CheckpointWrapper) else block
         fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    # The root's parameters (tied embedding/head) are needed again right after forward, in backward;
-    # FSDP2 keeps the root unsharded between forward and backward by default.
+    # The root holds what no block owns (embeddings, final norm, the tied head). FSDP2 keeps the
+    # root's weights gathered from forward to backward whatever reshard_after_forward says: backward
+    # starts with them.
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     return model
 
@@ -175,6 +176,31 @@ def shard_for_trainer(model: nn.Module, pl_module, frozen: bool = False) -> nn.M
     if frozen:
         options["activation_checkpointing"] = False
     return shard_model(model, mesh["data_parallel"], **options)
+
+
+def reduce_metrics(metrics: dict[str, torch.Tensor | float]) -> dict[str, torch.Tensor]:
+    """Each metric's mean over the ranks that produced it; every rank gets the same dict.
+
+    A loss may leave a metric out for a batch (no negatives in it: no `scores/negative`). Lightning's
+    `sync_dist=True` all-reduces metric by metric, so ranks logging different keys issue mismatched
+    collectives and hang; here the key sets are gathered first and one all-reduce carries all values
+    and how many ranks had each. Every rank must call it. One process: the metrics, unchanged.
+    """
+    import torch.distributed as dist
+
+    values = {k: v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in metrics.items()}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    keys: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(keys, sorted(values))
+    union = sorted(set().union(*keys))
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    sums = torch.zeros(2, len(union), dtype=torch.float64, device=device)  # [sum over ranks, ranks present]
+    for i, key in enumerate(union):
+        if key in values:
+            sums[0, i], sums[1, i] = values[key].to(torch.float64).item(), 1.0
+    dist.all_reduce(sums)
+    return {key: (sums[0, i] / sums[1, i]).float().cpu() for i, key in enumerate(union)}
 
 
 def is_sharded(module: nn.Module) -> bool:

@@ -114,7 +114,7 @@ def save_hf(state: Mapping[str, torch.Tensor], config, out_dir: str | Path, toke
     config = copy.deepcopy(config)
     with torch.device("meta"):
         model: nn.Module = AutoModelForCausalLM.from_config(config)
-    missing, unexpected = model.load_state_dict(dict(state), strict=False, assign=True)
+    _, unexpected = model.load_state_dict(dict(state), strict=False, assign=True)
     model.tie_weights()  # tied head/embedding: assign replaced one of them; tie again
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if unexpected or still_meta:
@@ -174,7 +174,7 @@ def export_module(trainer, module, tokenizer, out_dir: str | Path) -> Path | Non
                    generation_config=getattr(module.model, "generation_config", None))
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lnrl-export", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .ckpt file or a sharded checkpoint directory")
@@ -185,12 +185,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--no-tokenizer", action="store_true", help="do not write tokenizer files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.model_source == "hf" and not args.model_path:
+        parser.error("--model-source hf needs --model-path (the base model's directory or hub id)")
     cfg = None
     if args.model_source:
         cfg = {"source": args.model_source, "path": args.model_path}
-    out = export_checkpoint(args.checkpoint, args.out, model_cfg=cfg, tokenizer=not args.no_tokenizer)
-    print(out)
-    return out
+    # The directory on stdout (and no return value: console scripts sys.exit() what main returns).
+    print(export_checkpoint(args.checkpoint, args.out, model_cfg=cfg, tokenizer=not args.no_tokenizer))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import lnrl.utils  # noqa: F401  (registers config resolvers)
-from lnrl.utils import write_json
+from lnrl.utils import write_json  # importing lnrl.utils registers the config resolvers
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
+def override(key: str, value: Any) -> str:
+    return f"{key}={format_value(str(value) if isinstance(value, Path) else value)}"
+
+
 def to_overrides(section: Mapping[str, Any] | None) -> list[str]:
-    return [f"{k}={format_value(v)}" for k, v in flatten(dict(section or {})).items()]
+    return [override(k, v) for k, v in flatten(dict(section or {})).items()]
 
 
 def shared_overrides(pipe: DictConfig, default: DictConfig, keys: Sequence[str]) -> list[str]:
@@ -147,16 +150,17 @@ class Pipeline:
             log.info("== %s: done, skipped (%s exists)", stage, done[0])
             return
         log.info("== %s", stage)
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         fn()
         self.timings[stage] = round(time.time() - start, 1)
         write_json(self.timings_path, self.timings)
         self.ran.append(stage)
-        log.info("== %s: %.0f s", stage, self.timings[stage])
+        # CPU seconds next to wall seconds: on a shared machine their ratio shows the contention.
+        log.info("== %s: %.0f s (%.0f CPU s)", stage, self.timings[stage], time.process_time() - cpu)
 
     # -- stages -------------------------------------------------------------------------------
     def hf(self, stage: str) -> list[str]:
-        return ["model=hf", f"model.path={self.out / stage / 'hf_model'}"]
+        return ["model=hf", override("model.path", self.out / stage / "hf_model")]
 
     def train_stage(self, name: str, wiring: list[str], sections: Sequence[str]) -> None:
         from lnrl.train import train
@@ -164,10 +168,10 @@ class Pipeline:
         run_dir = self.out / name
 
         def fn() -> None:
-            extra = [f"paths.output_dir={run_dir}"]
+            extra = [override("paths.output_dir", run_dir)]
             last = run_dir / "checkpoints" / "last.ckpt"
             if last.exists():  # killed mid-training: resume from the last checkpoint
-                extra.append(f"ckpt_path={last}")
+                extra.append(override("ckpt_path", last))
             train(self.compose("train", name, [*wiring, *extra], sections))
 
         self.run(name, [run_dir / "metrics.json", run_dir / "hf_model" / "config.json"], fn)
@@ -175,15 +179,15 @@ class Pipeline:
     def sample_stage(self, name: str, split: str) -> None:
         from lnrl.sample import sample
 
-        wiring = [*self.hf("vft"), f"split={split}", f"paths.output_dir={self.out / name}"]
+        wiring = [*self.hf("vft"), f"split={split}", override("paths.output_dir", self.out / name)]
         self.run(name, [self.out / name / "groups.jsonl"],
                  lambda: sample(self.compose("sample", name, wiring, ["sample", name])))
 
     def prefs_stage(self) -> None:
         from lnrl.prefs import prefs
 
-        wiring = [*self.hf("vft"), f"input={self.out / 'sample' / 'groups.jsonl'}",
-                  f"paths.output_dir={self.out / 'prefs'}"]
+        wiring = [*self.hf("vft"), override("input", self.out / "sample" / "groups.jsonl"),
+                  override("paths.output_dir", self.out / "prefs")]
         self.run("prefs", [self.out / "prefs" / "stats.json"],
                  lambda: prefs(self.compose("prefs", "prefs", wiring, ["prefs"])))
 
@@ -192,8 +196,8 @@ class Pipeline:
 
         model = [] if name == "base" else self.hf(name)
         stage = f"eval/{name}"
-        wiring = [*model, f"eval.candidates_path={self.out / 'candidates' / 'groups.jsonl'}",
-                  f"paths.output_dir={self.out / stage}"]
+        wiring = [*model, override("eval.candidates_path", self.out / "candidates" / "groups.jsonl"),
+                  override("paths.output_dir", self.out / stage)]
         self.run(stage, [self.out / stage / "metrics.json"],
                  lambda: evaluate(self.compose("eval", stage, wiring, ["evaluate"])))
 
@@ -223,7 +227,7 @@ class Pipeline:
 
         base, vft = metrics("base"), metrics("vft")
         split = json.loads((self.out / "vft" / "data_split.json").read_text())
-        vft_cfg = json.loads((self.out / "vft" / "metrics.json").read_text())
+        vft_run = json.loads((self.out / "vft" / "metrics.json").read_text())
         prefs = json.loads((self.out / "prefs" / "stats.json").read_text())
         sample_stats = json.loads((self.out / "sample" / "stats.json").read_text())
         return {
@@ -238,7 +242,7 @@ class Pipeline:
             "seconds": round(sum(self.timings.values()), 1),
             "seconds_this_run": round(wall, 1),
             "stage_seconds": self.timings,
-            "sizes": {**self.sizes(), "vft_steps": vft_cfg.get("global_step"),
+            "sizes": {**self.sizes(), "vft_steps": vft_run.get("global_step"),
                       "sampled_completions": sample_stats.get("completions"),
                       "sample_correct_rate": sample_stats.get("correct_rate"),
                       "pairs": {rule: s.get("pairs") for rule, s in prefs.get("pairs", {}).items()}},

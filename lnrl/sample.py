@@ -190,7 +190,6 @@ def sample_to_dir(model, tokenizer, examples: Sequence[Example], out_dir: str | 
 
 def sample(cfg: DictConfig) -> list[GroupRecord] | None:
     """The lnrl-sample stage from a composed `sample.yaml` config."""
-    torch.set_grad_enabled(False)
     split = build_source(to_dict(cfg.data.source), on_error=cfg.data.get("on_error"))
     if cfg.split not in ("train", "eval"):
         raise ValueError(f"split={cfg.split!r}; expected train or eval")

@@ -108,6 +108,7 @@ def test_bad_inputs_name_the_path(tmp_path, trained):
 def test_cli(tmp_path, trained, capsys):
     ckpt = tmp_path / "x.ckpt"
     torch.save({"state_dict": module_state(trained)}, ckpt)  # no config inside: given on the command line
-    out = main([str(ckpt), "-o", str(tmp_path / "cli"), "--model-source", "tiny", "--no-tokenizer"])
+    main([str(ckpt), "-o", str(tmp_path / "cli"), "--model-source", "tiny", "--no-tokenizer"])
+    out = tmp_path / "cli"
     assert capsys.readouterr().out.strip() == str(out)
     same_logits(load_model({"source": "hf", "path": str(out)}), trained)

@@ -172,3 +172,11 @@ def test_fsdp1_refuses_cpu(tmp_path):
     assert type(strategy) is FSDPStrategy and isinstance(strategy.kwargs["auto_wrap_policy"], DecoderBlockPolicy)
     with pytest.raises(Exception, match="requires a GPU accelerator"):
         instantiate(cfg.trainer, logger=False, callbacks=[])
+
+
+def test_reduce_metrics_in_one_process(one_process_group):
+    """One rank: the values themselves, as float tensors (the 2-rank case: test_fsdp_multiprocess)."""
+    from lnrl.distributed import reduce_metrics
+
+    out = reduce_metrics({"a": torch.tensor(2.5, dtype=torch.float64), "b": 3})
+    assert out == {"a": torch.tensor(2.5), "b": torch.tensor(3.0)} and out["a"].dtype == torch.float32

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,14 +51,24 @@ class RankProbe(pl.Callback):
                       batch_size=1)
 
 
-def lnrl_train(run_dir: Path, overrides: list[str], timeout: int = 240) -> Path:
+def lnrl_train(run_dir: Path, overrides: list[str], timeout: int = 300) -> Path:
+    """Run lnrl-train; on timeout kill the whole process group (rank 1 is rank 0's child: a hung
+    collective would otherwise outlive the test)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     args = [sys.executable, "-m", "lnrl.train", f"hydra.run.dir={run_dir}", *overrides]
-    proc = subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"lnrl-train {' '.join(overrides)} still running after {timeout} s (a hang?)")
     if proc.returncode != 0:
         failed = run_dir / "failed.json"
-        detail = json.loads(failed.read_text())["traceback"] if failed.is_file() else proc.stderr[-4000:]
+        detail = json.loads(failed.read_text())["traceback"] if failed.is_file() else output[-4000:]
         raise AssertionError(f"lnrl-train {' '.join(overrides)} failed (rc {proc.returncode}):\n{detail}")
     return run_dir
 
@@ -211,3 +222,17 @@ def test_dpo_two_processes_match_one_process(tmp_path, dpo_prefs):
     assert single[0] == pytest.approx(0.6931472, rel=1e-5)  # policy == live reference at step 0: ln 2
     assert single[2] < single[0] - 1e-3
     assert_same_losses(sharded, single, range(3))
+
+
+def test_aft_metrics_some_ranks_lack_do_not_hang(tmp_path):
+    """AFT, one group per rank per step over the 6 fixture groups: at some step one rank holds the
+    all-correct group (no `scores/negative`) while the other has negatives. Per-key sync_dist would
+    issue mismatched all-reduces and hang; reduce_metrics logs the mean over the ranks that have it."""
+    run = lnrl_train(tmp_path / "aft", ["experiment=fixtures", "method=aft", "loss.constraint=boundary",
+                                        "loss.boundary=0.5", "logger=csv", "data.batch_size=1", "trainer.max_steps=3",
+                                        "trainer.limit_val_batches=0", "eval.enabled=false",
+                                        "trainer.enable_progress_bar=false", *FSDP2], timeout=180)
+    losses, negatives = logged(run, "train/loss"), logged(run, "scores/negative")
+    assert sorted(losses) == sorted(negatives) == [0, 1, 2]
+    assert all(v == v and v < 0 for v in negatives.values())  # defined (not NaN), a log-likelihood
+    assert logged(run, "aft/groups") == {0: 1.0, 1: 1.0, 2: 1.0}

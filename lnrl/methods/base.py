@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 
-from lnrl.distributed import shard_for_trainer
+from lnrl.distributed import reduce_metrics, shard_for_trainer
 from lnrl.losses import build_loss
 from lnrl.models import load_model, load_tokenizer
 from lnrl.scoring import SeqScores, sequence_logps
@@ -83,10 +83,10 @@ class LnrlModule(pl.LightningModule):
     # -- logging ----------------------------------------------------------------------------
     def log_metrics(self, prefix: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log scalars averaged over the epoch/accumulation window and reduced across ranks."""
-        for key, value in metrics.items():
+        # Reduced here, not by sync_dist: a metric some ranks lack this batch would hang sync_dist.
+        for key, value in reduce_metrics(metrics).items():
             name = key if "/" in key else f"{prefix}/{key}"
-            self.log(name, value.detach().float() if torch.is_tensor(value) else float(value),
-                     on_step=prefix == "train", on_epoch=prefix != "train", sync_dist=True,
+            self.log(name, value.to(self.device), on_step=prefix == "train", on_epoch=prefix != "train",
                      batch_size=batch_size, prog_bar=name in ("train/loss", "val/loss"))
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lnrl.distributed import shard_for_trainer
 from lnrl.losses import LossOutput, get_spec
 from lnrl.methods.base import LnrlModule
 from lnrl.models import load_model
@@ -49,7 +50,9 @@ class DPOModule(LnrlModule):
             ref = load_model(self.model_cfg, self.tokenizer)
             ref.eval()
             ref.requires_grad_(False)
-            self._ref_model = (ref,)
+            # Sharded like the policy under trainer=fsdp2; kept in a tuple so it stays out of
+            # state_dict, checkpoints and the optimizer.
+            self._ref_model = (shard_for_trainer(ref, self, frozen=True),)
 
     @property
     def ref_model(self) -> torch.nn.Module | None:
