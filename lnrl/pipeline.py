@@ -137,12 +137,13 @@ class Pipeline:
         default = compose(config_name, overrides=[*groups, *(o for o in wiring if o.split("=", 1)[0] in SHARED)])
         section_overrides = [o for s in sections for o in to_overrides(self.sections.get(s))]
         overrides = dedupe([*groups, *shared_overrides(self.cfg, default, keys), *section_overrides, *wiring])
+        cfg = compose(config_name, overrides=overrides)
         stage_dir = self.out / stage
         stage_dir.mkdir(parents=True, exist_ok=True)
         # What re-runs this stage alone (`python -m lnrl.<app> ...`).
         command = " ".join(["python", "-m", ENTRY[config_name], *(shlex.quote(o) for o in overrides)])
         (stage_dir / "command.txt").write_text(command + "\n")
-        return compose(config_name, overrides=overrides)
+        return cfg
 
     def run(self, stage: str, done: Sequence[Path], fn) -> None:
         """Run fn() unless every file in `done` exists; time it."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,8 +45,12 @@ def train(cfg: DictConfig) -> dict:
 
     evaluator = GenerationEval(**cfg.eval)
     loggers = build_all(name_wandb_run(cfg.get("logger"), cfg))  # wandb group/name/tags from the sweep point
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_all(cfg.get("callbacks")) + [evaluator],
-                                      logger=loggers or False)
+    callbacks = build_all(cfg.get("callbacks"))
+    # No checkpoint callback configured (callbacks=none) means no checkpoints: otherwise Lightning adds
+    # its own ModelCheckpoint (1.6 GB per run for SmolLM2 with AdamW states).
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks + [evaluator], logger=loggers or False,
+                                      enable_checkpointing=checkpointing)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

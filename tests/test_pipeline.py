@@ -109,6 +109,7 @@ def test_tiny_pipeline_writes_results_and_resumes(tmp_path):
     table = (out / "results.md").read_text()
     assert all(f"| {name} |" in table for name in ("base", *METHODS))
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob("*.ckpt"))  # stages keep hf_model/ exports, no Lightning checkpoints
     assert "data.prefs_path=" + str(out / "prefs" / "groups_aft.jsonl") in (out / "aft" / "command.txt").read_text()
 
     # Resume from the command line: only the missing stage runs; the others' outputs stay untouched.

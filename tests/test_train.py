@@ -143,3 +143,9 @@ def test_crash_mid_fit_saves_a_resumable_checkpoint(tiny_cfg, tmp_path, monkeypa
     state = torch.load(tmp_path / "checkpoints" / "on_exception.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_callbacks_none_writes_no_checkpoint(tiny_cfg, tmp_path):
+    """Without a checkpoint callback Lightning would add its own; callbacks=none must mean no checkpoints."""
+    train(tiny_cfg(["callbacks=none", "eval.enabled=false", "trainer.max_steps=1"]))
+    assert not list(tmp_path.rglob("*.ckpt"))
