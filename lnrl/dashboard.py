@@ -28,6 +28,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lnrl.verify import MathVerifier
+
 log = logging.getLogger(__name__)
 
 GROUP_ENV = "LNRL_WANDB_GROUP"
@@ -84,18 +86,14 @@ def _is_wandb(node: Any) -> bool:
     return isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith("WandbLogger")
 
 
-def _verifier():
-    try:
-        from lnrl.verify import MathVerifier
-    except ImportError:  # the verifier is optional here: the table just has no profile columns
-        return None
-    return MathVerifier()
-
-
 def generation_table(records: Sequence[dict], max_rows: int | None = MAX_TABLE_ROWS,
                      verifier: Any = "auto") -> tuple[list[str], list[list[Any]]]:
-    """(columns, rows) of a sample-generation table from GenerationEval records."""
-    verifier = _verifier() if verifier == "auto" else verifier
+    """(columns, rows) of a sample-generation table from GenerationEval records.
+
+    Records from lnrl.evaluate already carry their verifier profile; others are profiled here
+    (`verifier=None` leaves the profile columns out).
+    """
+    verifier = MathVerifier() if verifier == "auto" else verifier
     columns = ["id", "question", "answer", "completion", "pred", "correct", "n_tokens"]
     if verifier is not None:
         columns += ["wrongness", "absurdity", "profile"]
@@ -103,8 +101,9 @@ def generation_table(records: Sequence[dict], max_rows: int | None = MAX_TABLE_R
     for r in records[:max_rows]:
         row = [r.get(c) for c in columns[:7]]
         if verifier is not None:
-            p = verifier.profile(r.get("question", ""), r.get("completion", ""), r.get("answer", ""),
-                                 truncated=bool(r.get("truncated", False))).to_dict()
+            p = r.get("profile") or verifier.profile(
+                r.get("question", ""), r.get("completion", ""), r.get("answer", ""),
+                truncated=bool(r.get("truncated", False))).to_dict()
             row += [p.get("wrongness"), p.get("absurdity"), json.dumps(p, sort_keys=True)]
         rows.append(row)
     return columns, rows

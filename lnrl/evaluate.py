@@ -25,7 +25,7 @@ from lnrl.scoring import sequence_logps
 from lnrl.verify import MathVerifier
 from lnrl.verify.answers import answers_match, extract_answer
 
-import lnrl.utils  # noqa: F401  (registers config resolvers)
+from lnrl.utils import write_json, write_jsonl  # importing lnrl.utils also registers config resolvers
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,11 @@ def answer_accuracy(model, tokenizer, examples: Sequence[Example], *, max_new_to
     verifier = MathVerifier()
     for ex, (g,) in zip(examples, gens):
         pred = extract_answer(g.text)
-        degeneracy = verifier.profile(ex.question, g.text, ex.answer, truncated=g.truncated).degeneracy
+        profile = verifier.profile(ex.question, g.text, ex.answer, truncated=g.truncated)
         records.append({"id": ex.id, "question": ex.question, "answer": ex.answer, "completion": g.text,
                         "pred": pred, "correct": answers_match(pred, ex.answer),
-                        "n_tokens": g.n_tokens, "truncated": g.truncated, "degeneracy": degeneracy})
+                        "n_tokens": g.n_tokens, "truncated": g.truncated, "degeneracy": profile.degeneracy,
+                        "profile": profile.to_dict()})
     n = max(len(records), 1)
     metrics = {
         "val/answer_acc": sum(r["correct"] for r in records) / n,
@@ -103,13 +104,9 @@ def evaluate_model(model, tokenizer, examples: Sequence[Example], *, max_new_tok
 
 
 def write_results(out_dir: str | Path, metrics: dict, records: Sequence[dict] | None = None) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(Path(out_dir) / "metrics.json", metrics)
     if records is not None:
-        with open(out / "generations.jsonl", "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(Path(out_dir) / "generations.jsonl", records)
 
 
 def evaluate(cfg: DictConfig) -> dict:

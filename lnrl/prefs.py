@@ -29,7 +29,6 @@ The data layer scales weights to mean 1 over the pairs of a run (`make_pairs`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -42,7 +41,7 @@ from lnrl.data.pairs import PAIRING_RULES, make_pairs
 from lnrl.data.records import Completion, GroupRecord, read_groups, write_groups
 from lnrl.models import load_model, load_tokenizer
 from lnrl.refscores import model_id, pick_device, score_file
-from lnrl.utils import to_dict, write_json
+from lnrl.utils import to_dict, write_json, write_jsonl
 from lnrl.verify import MathVerifier
 
 log = logging.getLogger(__name__)
@@ -156,14 +155,6 @@ def build_prefs(groups: Sequence[GroupRecord], out_dir: str | Path, *, ref_model
     write_json(out / "stats.json", stats)
     log.info("prefs: %s", stats)
     return stats
-
-
-def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def prefs(cfg: DictConfig) -> dict:

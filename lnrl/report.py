@@ -268,12 +268,17 @@ def line_plot(runs: Sequence[dict], x: str, y: str, series: str, path: Path, log
     ax.set_xticks(sorted(xs))  # label the swept values themselves
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} (mean ± std over seeds)")
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return None
 
 
 def scatter_plot(runs: Sequence[dict], x: str, y: str, series: str, path: Path) -> str | None:
@@ -293,12 +298,7 @@ def scatter_plot(runs: Sequence[dict], x: str, y: str, series: str, path: Path) 
         ax.scatter(xs, ys, label=label, s=18)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _save(fig, ax, path)
 
 
 def make_plots(runs: Sequence[dict], out: Path, acc: str = ACC) -> tuple[list[Path], list[str]]:

@@ -34,6 +34,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from lnrl.utils import output_dir, write_json
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
@@ -75,9 +77,7 @@ def record_failure(run_dir: str | Path, exc: BaseException, overrides: list[str]
         "host": socket.gethostname(),
         "time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    path = Path(run_dir) / FAILED_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(Path(run_dir) / FAILED_FILE, info)
     return info
 
 
@@ -95,7 +95,6 @@ def run_point(fn: Callable[[DictConfig], dict], cfg: DictConfig, run_dir: str | 
     On an exception: write failed.json in the run dir, then re-raise in single-run mode, or log it
     and return None in multirun mode. `KeyboardInterrupt` is not caught: Ctrl-C stops the sweep.
     """
-    from lnrl.utils import output_dir
 
     failed = False
     try:
@@ -170,8 +169,7 @@ def write_summary(sweep_dir: str | Path, point_dirs: Sequence[str | Path] | None
     """Write `<sweep_dir>/sweep_summary.json` and log it (failed points loudly); return the summary."""
     summary = summarize(sweep_dir, point_dirs)
     path = Path(sweep_dir) / SUMMARY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(path, summary)
     log.info("sweep: %d points, %d ok, %d failed, %d incomplete; summary in %s",
              summary["n_points"], summary["ok"], summary["failed"], summary["incomplete"], path)
     for p in summary["points"]:

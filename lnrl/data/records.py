@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lnrl.utils import write_jsonl
+
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
@@ -243,10 +245,4 @@ def read_groups(path: str | Path, on_error: str = "raise", stats: dict | None = 
 
 def write_groups(path: str | Path, groups: Iterable[GroupRecord]) -> None:
     """Write groups as JSONL (one question per line), atomically: a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for g in groups:
-            f.write(json.dumps(g.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl(path, (g.to_json() for g in groups))
