@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 
 from lnrl.dashboard import log_generation_table
 from lnrl.data.records import read_groups
-from lnrl.evaluate import evaluate_model
+from lnrl.evaluation import evaluate_model
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """wandb dashboards: run names that say what a sweep point is, and tables of sample generations.
 
-Naming (applied by lnrl.train to every WandbLogger whose field is left null in the config):
+Naming (applied by lnrl-train, lnrl.apps.train, to every WandbLogger whose field is left null in the config):
 
     group   the sweep: "<sweep preset or task name>/<sweep dir name>" in multirun mode, or $LNRL_WANDB_GROUP
             (scripts/sweep_torchrun.py sets it, since each of its points is a single run); null otherwise
@@ -59,10 +59,24 @@ def run_names(cfg: DictConfig) -> dict[str, Any]:
     tags = [str(t) for t in (cfg.get("tags") or [])]
     method = choices.get("method") or str(OmegaConf.select(cfg, "method._target_", default="") or "").rsplit(".", 1)[-1]
     for key, value in (("method", method), ("loss", OmegaConf.select(cfg, "loss.name")),
-                       ("data", OmegaConf.select(cfg, "data.source.name")), ("kind", OmegaConf.select(cfg, "data.kind"))):
+                       ("data", OmegaConf.select(cfg, "data.source.name")), ("kind", data_kind(cfg))):
         if value:
             tags.append(f"{key}={value}")
     return {"name": name, "group": group, "tags": list(dict.fromkeys(tags))}  # dedupe, keep order
+
+
+def data_kind(cfg: DictConfig) -> str | None:
+    """The batches a run trains on: `data.kind` where a config sets it, else the method class's `data_kind`."""
+    from hydra.utils import get_class
+
+    kind = OmegaConf.select(cfg, "data.kind")
+    target = OmegaConf.select(cfg, "method._target_")
+    if kind or not target:
+        return kind
+    try:
+        return getattr(get_class(str(target)), "data_kind", None)
+    except (ImportError, ValueError):  # a config naming a class that is not importable here: no tag
+        return None
 
 
 def name_wandb_run(logger_cfg: DictConfig | None, cfg: DictConfig) -> DictConfig | None:
@@ -90,7 +104,7 @@ def generation_table(records: Sequence[dict], max_rows: int | None = MAX_TABLE_R
                      verifier: Any = "auto") -> tuple[list[str], list[list[Any]]]:
     """(columns, rows) of a sample-generation table from GenerationEval records.
 
-    Records from lnrl.evaluate already carry their verifier profile; others are profiled here
+    Records from lnrl.evaluation already carry their verifier profile; others are profiled here
     (`verifier=None` leaves the profile columns out).
     """
     verifier = MathVerifier() if verifier == "auto" else verifier

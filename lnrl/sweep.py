@@ -2,7 +2,7 @@
 
 Every run dir (single run or sweep point) ends in one of three states, read from its files:
 
-    ok          metrics.json          (written by lnrl.train.train)
+    ok          metrics.json          (written by lnrl.apps.train.train)
     failed      failed.json           (written by `run_point` when train raises: error type, message,
                                        traceback, overrides)
     incomplete  neither, but .hydra/  (killed, out of time, or still running)

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.steps <= args.warmup:
         parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_fsdp_")).resolve()
-    cmd = [sys.executable, "-m", "lnrl.train", f"hydra.run.dir={out}", "logger=none", "eval.enabled=false",
+    cmd = [sys.executable, "-m", "lnrl.apps.train", f"hydra.run.dir={out}", "logger=none", "eval.enabled=false",
            "export_hf=false", "callbacks=none",
            "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "trainer.max_epochs=-1",
            f"trainer.max_steps={args.steps}", "+callbacks.perf._target_=bench_fsdp.Throughput",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Multi-GPU sweeps: one `torchrun ... -m lnrl.train` job per grid point, run one after another.
+"""Multi-GPU sweeps: one `torchrun ... -m lnrl.apps.train` job per grid point, run one after another.
 
     python scripts/sweep_torchrun.py --nproc 8 --param loss.beta=0.1,0.5 --param seed=0,1 \\
         -- method=dpo_avg trainer=fsdp2 data.prefs_path=groups.jsonl
@@ -11,7 +11,7 @@ Here torchrun starts the processes and each point is a plain single run with an 
 `hydra.run.dir=<sweep dir>/<i>` so that every rank agrees on the run dir.
 
 Each point's dir holds what a multirun point holds (.hydra/, metrics.json, checkpoints/) plus
-torchrun.log (everything the job printed). A failing point gets failed.json (written by lnrl.train, or
+torchrun.log (everything the job printed). A failing point gets failed.json (written by lnrl.apps.train, or
 here from the exit status when the job died before Python could) and the sweep goes on. At the end,
 <sweep dir>/sweep_summary.json lists ok/failed points; exit status 0, or 1 with --strict when any
 point failed. `lnrl-report <sweep dir>` makes the table and plots. wandb runs are grouped by the sweep
@@ -53,7 +53,7 @@ def grid(params: list[tuple[str, list[str]]]) -> list[list[str]]:
 def torchrun_cmd(torchrun: list[str], nproc: int, overrides: list[str], run_dir: Path) -> list[str]:
     given = {o.split("=", 1)[0] for o in overrides}
     devices = [] if "trainer.devices" in given else [f"trainer.devices={nproc}"]  # Lightning must match torchrun
-    return [*torchrun, "--nproc_per_node", str(nproc), "-m", "lnrl.train", *overrides, *devices,
+    return [*torchrun, "--nproc_per_node", str(nproc), "-m", "lnrl.apps.train", *overrides, *devices,
             f"hydra.run.dir={run_dir}"]
 
 
@@ -75,7 +75,7 @@ def run_point(cmd: list[str], run_dir: Path, point: list[str], env: dict) -> int
         tail = (run_dir / "torchrun.log").read_text().splitlines()[-40:]
         info = json.loads(failed.read_text()) if failed.exists() else {
             "status": "failed", "error_type": "ExitStatus",
-            "error": f"torchrun exited with status {rc} before lnrl.train recorded an error; see torchrun.log",
+            "error": f"torchrun exited with status {rc} before lnrl.apps.train recorded an error; see torchrun.log",
             "overrides": point, "log_tail": "\n".join(tail)}
         info["returncode"] = rc
         failed.write_text(json.dumps(info, indent=2) + "\n")

@@ -168,3 +168,130 @@ def test_every_gsm8k_gold_answer_extracts():
             assert answers_match(pred, gold)
             n += 1
     assert n > 1000
+
+
+# ----------------------------------------------------------------------------- powers (issue 10)
+# A power is read as a power or refused, never as its digits run together: "2**3" once graded
+# equal to "23" and unequal to "8", and "10**400" normalised to "10400".
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("2**3", "8"),
+        ("2^3", "8"),
+        ("2 ** 3", "8"),
+        ("2^{10}", "1024"),
+        ("$2^{10}$", "1024"),
+        ("10**400", "1" + "0" * 400),
+        ("-2**2", "-4"),  # the power binds tighter than the sign, as in Python and on paper
+        ("(-2)**3", "-8"),
+        ("(-2)^2", "4"),
+        ("2**3**2", "512"),  # right-associative: 2**9
+        ("1.5^2", "2.25"),
+        ("(3/4)^2", "0.5625"),
+        ("2^{-3}", "0.125"),
+        ("10^-2", "0.01"),
+        ("3**-1", "1/3"),
+        ("(2^3)^2", "64"),
+        ("0^0", "1"),  # Python's and most CASes' convention
+    ],
+)
+def test_powers_are_read_as_powers(text, canonical):
+    assert normalize_number(text) == canonical
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10**10**10",  # 10**(10**10): ten billion digits
+        "9^9^9",
+        "2**100000",  # 30,103 digits, over the 1,000-digit cap
+        "10^{1001}",
+        "(1/3)^10000",
+        "0^-1",  # division by zero
+        "4^0.5",  # not an integer exponent: no exact value
+        "2^",
+        "2^^3",
+    ],
+)
+def test_powers_past_the_cap_or_malformed_are_refused(text):
+    assert normalize_number(text) is None
+
+
+def test_power_cap_is_a_digit_count():
+    # 10^999 has 1,000 digits (allowed); 10^1000 has 1,001 (refused); so do 2^3321 (1,000 digits)
+    # and 2^3322 (1,001).
+    assert normalize_number("10^999") == "1" + "0" * 999
+    assert normalize_number("10^1000") is None
+    assert len(normalize_number("2^3321")) == 1000 and normalize_number("2^3322") is None
+    # deep brackets are not recursed into (a long text is no power anyway)
+    assert normalize_number("(" * 2000 + "2" + ")" * 2000 + "^2") is None
+    assert answers_match("(" * 2000 + "2" + ")" * 2000 + "^2", "4") is False
+    assert normalize_number("10^-999") == "0." + "0" * 998 + "1"
+    # The canonical text of every power read re-reads to the same value (a gold answer is stored
+    # normalised, then compared with the model's "2**-3000").
+    for text in ("10^999", "10^-999", "2^-3000", "(1/3)^2000", "-7^1000"):
+        canonical = normalize_number(text)
+        assert canonical is not None and normalize_number(canonical) == canonical, text
+        assert answers_match(text, canonical)
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "same"),
+    [
+        ("2**3", "8", True),
+        ("2**3", "23", False),
+        ("23", "2**3", False),
+        ("10**400", "1" + "0" * 400, True),
+        ("10**400", "10400", False),
+        ("2^10", "1024", True),
+        ("2^{10}", "2**10", True),
+        ("\\boxed{2^{10}}", "1024", True),
+        ("-2^2", "-4", True),
+        ("(-2)^2", "-4", False),
+    ],
+)
+def test_answers_match_reads_powers(pred, ref, same):
+    assert answers_match(pred, ref) is same
+
+
+def test_huge_powers_are_refused_without_evaluation():
+    # 10**10**10 would take minutes and gigabytes if evaluated (by lnrl or by sympy in
+    # math-verify); it must be refused at once, whatever it is compared with.
+    import time
+
+    import lnrl.verify.answers as answers
+
+    start = time.monotonic()
+    for pred, ref in [("10**10**10", "1"), ("1", "10**10**10"), ("10^{10^{10}}", "10**10**10"),
+                      ("10^10^10", "x"), ("(10^{999})^{999}", "10^{998001}"),
+                      ("2^{99999999}", "2^{99999998}*2"), ("10^{9999*9999}", "1"), ("x^{10^{10}}", "x")]:
+        assert answers_match(pred, ref) is False, (pred, ref)
+        # refused by the guard, not by luck of math-verify's parser (sympy evaluates powers eagerly)
+        assert answers._powers_too_big(pred) or answers._powers_too_big(ref), (pred, ref)
+    assert time.monotonic() - start < 5
+    # ... while small powers and symbolic ones still go there
+    assert answers_match("x^2 + 1", "1 + x^2") and answers_match("2^{n+1}", "2 \\cdot 2^n")
+    assert not answers._powers_too_big("10^{9999}") and answers._powers_too_big("10^{10001}")
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("So the result is 2**3.\n#### 2**3", "2**3"),  # kept as written; answers_match reads it
+        ("#### **12**", "12"),  # markdown bold around a number is not a power
+        ("The answer is: **18**.", "18"),
+        ("#### The total is 2^10 bytes", "2^10"),  # a sentence: its last number, power included
+        ("There are 3^4 ways.", "3^4"),  # last_number keeps the exponent
+        ("so 2^3 = 8", "8"),
+    ],
+)
+def test_extract_keeps_powers(text, answer):
+    assert extract_answer(text) == answer
+
+
+def test_extracted_power_grades_by_value():
+    assert answers_match(extract_answer("Thus 2**3 cubes.\n#### 2**3"), "8")
+    assert not answers_match(extract_answer("#### 2**3"), "23")
+    assert answers_match(extract_answer("There are 3^4 ways."), "81")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lnrl.assessment import assessment_accuracy, ordered_share, score_texts
+from lnrl.evaluation.assessment import assessment_accuracy, ordered_share, score_texts
 from lnrl.data.records import Completion, GroupRecord
 from lnrl.data.tokenize import encode_completion, encode_prompt
 from lnrl.models import load_model, load_tokenizer

@@ -1,16 +1,37 @@
-"""Every shipped config composes and its objects instantiate; the list is derived from the conf tree."""
+"""Every shipped config composes and its objects instantiate; the list is derived from the conf tree.
+Each setting has one home: the tests below derive or check every other place that could restate it."""
 
 from __future__ import annotations
 
+import inspect
 
 import pytest
-from hydra.utils import instantiate
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, TINY, compose_cfg
+from lnrl.data import LnrlDataModule
+from lnrl.utils import to_dict
 
-# Groups whose options are `# @package _global_` patches or need extra inputs; composed, not instantiated.
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra",))
-OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def bases(group: str) -> set[str]:
+    """Shared parts, not options: configs that other configs of the group extend (listed in their
+    defaults), e.g. data/base. Global presets extending one another (method=ipo extends dpo) are options."""
+    out = set()
+    for f in (CONF_DIR / group).glob("*.yaml"):
+        for entry in OmegaConf.load(f).get("defaults") or []:
+            path = CONF_DIR / group / f"{entry}.yaml"
+            if isinstance(entry, str) and path.exists() and not path.read_text().startswith("# @package _global_"):
+                out.add(entry)
+    return out
+
+
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml")) if f.stem not in bases(g)]
+METHODS = sorted(f.stem for f in (CONF_DIR / "method").glob("*.yaml"))
+SOURCES = sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml") if f.stem not in bases("data"))
 NEEDS = {("model", "hf"): ["model.path=/nonexistent"], ("data", "jsonl"): ["data.path=/nonexistent.jsonl"]}
 
 
@@ -42,5 +63,67 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         from lnrl.losses import build_loss
 
         assert build_loss(**cfg.loss) is not None
-    if group == "optim":
-        assert cfg.optim.lr > 0
+    if group == "optim":  # a partial optimizer: the module calls it on the parameters
+        assert cfg.optim.lr > 0 and cfg.optim._partial_
+        opt = instantiate(cfg.optim, _convert_="all")([torch.zeros(2, requires_grad=True)])
+        assert type(opt) is get_class(cfg.optim._target_) and opt.defaults["lr"] == cfg.optim.lr
+    if group == "scheduler":  # a partial factory of (optimizer, total_steps)
+        opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=1.0)
+        assert isinstance(instantiate(cfg.scheduler)(opt, total_steps=10), torch.optim.lr_scheduler.LRScheduler)
+
+
+def test_data_base_holds_the_datamodule_defaults_once():
+    """conf/data/base.yaml lists every datamodule setting with the class's own default; a source config
+    sets its source node and only what differs from the base."""
+    base = OmegaConf.load(CONF_DIR / "data" / "base.yaml")
+    params = inspect.signature(LnrlDataModule).parameters
+    assert base._target_ == "lnrl.data.LnrlDataModule"
+    settings = {k: v for k, v in base.items() if k != "_target_"}
+    assert len(settings) == 12 and all(settings[k] == params[k].default for k in settings), settings
+    assert bases("data") == {"base"} and SOURCES == ["gsm8k", "gsm_symbolic", "jsonl", "metamathqa"]
+    for stem in SOURCES:
+        own = OmegaConf.load(CONF_DIR / "data" / f"{stem}.yaml")
+        assert list(own.defaults) == ["base", "_self_"] and "source" in own
+        restated = [k for k in own if k in settings and own[k] == settings[k]]
+        assert not restated, f"conf/data/{stem}.yaml restates the base's {restated}"
+
+
+def test_data_overrides_still_reach_the_datamodule(tmp_path):
+    cfg = compose_cfg([*TINY, "data=gsm8k", "data.path=/x.jsonl", "data.batch_size=3", "data.max_length=99",
+                       "data.source.n_train=5"], tmp_path)
+    assert (cfg.data.source.path, cfg.data.batch_size, cfg.data.max_length, cfg.data.source.n_train) == \
+        ("/x.jsonl", 3, 99, 5)
+    assert compose_cfg(TINY, tmp_path).data.max_length == 384  # gsm_symbolic's own, over the base's 512
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_preset_builds_its_module_and_restates_no_default(method, tmp_path):
+    """Each preset: its module accepts its loss (registry check), the data kind comes from the module
+    class (no data.kind in the yaml), and loss fields it sets differ from the loss config's defaults."""
+    own = OmegaConf.load(CONF_DIR / "method" / f"{method}.yaml")
+    assert "kind" not in own.get("data", {}), f"conf/method/{method}.yaml sets data.kind; the module class does"
+    cfg = compose_cfg([*TINY, f"method={method}", "experiment=fixtures"], tmp_path)
+    loss_defaults = OmegaConf.load(CONF_DIR / "loss" / f"{cfg.loss.name}.yaml")
+    restated = [k for k, v in own.get("loss", {}).items() if loss_defaults.get(k) == v]
+    assert not restated, f"conf/method/{method}.yaml restates loss defaults {restated}"
+    module = instantiate(cfg.method, model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
+                         scheduler=to_dict(cfg.scheduler), _convert_="all")
+    assert module.data_kind in ("sft", "pairs", "groups") and module.terms[0].name == cfg.loss.name
+    dm = instantiate(cfg.data, tokenizer=None, _convert_="all")
+    assert dm.kind is None  # not set by any config: lnrl-train asks the module
+    dm.use_kind(module.data_kind, method=type(module).__name__)
+    assert dm.kind == module.data_kind
+
+
+def test_rpo_preset_is_dpo_plus_length_normalised_nll(tmp_path):
+    cfg = compose_cfg([*TINY, "method=rpo", "experiment=fixtures"], tmp_path)
+    module = instantiate(cfg.method, model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
+                         _convert_="all")
+    assert [(t.name, t.weight) for t in module.terms] == [("dpo", 1.0), ("nll", 1.0)]
+    assert module.terms[1].fn.reduction == "sequence" and module.terms[0].fn.normalize == "sum"
+
+
+def test_wdpo_preset_mines_hard_negatives_with_the_prefs_weights(tmp_path):
+    cfg = compose_cfg([*TINY, "method=wdpo", "experiment=fixtures"], tmp_path)
+    assert cfg.data.pairing == "hard_negative" and cfg.data.weight_field == "profile.pair_weight"
+    assert cfg.loss.name == "dpo" and cfg.loss.weight_norm == "none"

@@ -6,7 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lnrl.export import export_checkpoint, main, policy_state, read_checkpoint
+from lnrl.apps.export import main
+from lnrl.models import export_checkpoint, policy_state, read_checkpoint
 from lnrl.models import load_model, load_tokenizer
 
 TINY_CFG = {"source": "tiny", "name": "tiny-llama", "num_layers": 2, "init_seed": 0}

@@ -56,7 +56,7 @@ def lnrl_train(run_dir: Path, overrides: list[str], timeout: int = 300) -> Path:
     collective would otherwise outlive the test)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    args = [sys.executable, "-m", "lnrl.train", f"hydra.run.dir={run_dir}", *overrides]
+    args = [sys.executable, "-m", "lnrl.apps.train", f"hydra.run.dir={run_dir}", *overrides]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -76,7 +76,7 @@ def lnrl_train(run_dir: Path, overrides: list[str], timeout: int = 300) -> Path:
 def train_here(run_dir: Path, overrides: list[str]) -> Path:
     """The 1-process baseline, in this process (saves a subprocess start)."""
     from conftest import compose_cfg
-    from lnrl.train import train
+    from lnrl.apps.train import train
 
     train(compose_cfg(overrides, run_dir))
     return run_dir
@@ -177,8 +177,8 @@ def test_export_of_sharded_checkpoint_loads_and_evaluates(vft_sharded, tmp_path)
     """lnrl-export of the checkpoint directory == train.py's end-of-run hf_model (gathered from the
     shards on rank 0), and `model=hf` loads it for evaluation."""
     from lnrl.data import Example
-    from lnrl.evaluate import evaluate_model
-    from lnrl.export import export_checkpoint
+    from lnrl.evaluation import evaluate_model
+    from lnrl.models import export_checkpoint
     from lnrl.models import load_model, load_tokenizer
 
     out = export_checkpoint(vft_sharded / "checkpoints" / "last.ckpt", tmp_path / "hf")

@@ -1,4 +1,4 @@
-"""DPO (sigmoid), length-averaged DPO, conservative DPO, weights, boundary constraint.
+"""DPO (sigmoid), length-averaged DPO, conservative DPO, weights (and their reduction), boundary constraint.
 
 Notation: s = normalize(log pi), h = [s_c - s_ref,c] - [s_r - s_ref,r], l = -log sigmoid(beta h).
 """
@@ -65,28 +65,71 @@ def test_mean_normalization_equals_sum_with_beta_over_length():
                               build_loss("dpo", beta=0.1, normalize="sum")(**kw).per_example)
 
 
-def test_weights():
-    """Uniform weights give the plain mean; L = sum w_i l_i / sum w_i; a zero-weight pair gets no gradient."""
+def test_weights_are_importance_weights():
+    """Default weight_norm=none: L = (1/B) sum_i w_i l_i. With w = [3, 0, 1, 1]: L = (3 l0 + l2 + l3) / 4,
+    all-ones weights give exactly plain DPO, a zero-weight pair gets no gradient."""
     torch.manual_seed(2)
     pc, pr = seq(torch.randn(4).tolist(), grad=True), seq(torch.randn(4).tolist(), grad=True)
     rc, rr = seq(torch.randn(4).tolist()), seq(torch.randn(4).tolist())
     dpo = build_loss("dpo", beta=1.0)
-    plain = dpo(policy_chosen=pc, policy_rejected=pr, ref_chosen=rc, ref_rejected=rr)
-    uniform = dpo(policy_chosen=pc, policy_rejected=pr, ref_chosen=rc, ref_rejected=rr, weights=torch.full((4,), 3.0))
-    assert uniform.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
+    kw = dict(policy_chosen=pc, policy_rejected=pr, ref_chosen=rc, ref_rejected=rr)
+    plain = dpo(**kw)
+    assert torch.equal(dpo(**kw, weights=torch.ones(4)).loss, plain.loss)
 
-    w = torch.tensor([2.0, 0.0, 1.0, 1.0])
-    out = dpo(policy_chosen=pc, policy_rejected=pr, ref_chosen=rc, ref_rejected=rr, weights=w)
+    w = torch.tensor([3.0, 0.0, 1.0, 1.0])
+    out = dpo(**kw, weights=w)
     l = plain.per_example.detach()
-    assert out.loss.item() == pytest.approx(((2 * l[0] + l[2] + l[3]) / 4).item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(((3 * l[0] + l[2] + l[3]) / 4).item(), rel=1e-6)
     out.loss.backward()
     assert pc.logp_sum.grad[1] == 0 and pr.logp_sum.grad[1] == 0
     assert (pc.logp_sum.grad[[0, 2, 3]] < 0).all() and (pr.logp_sum.grad[[0, 2, 3]] > 0).all()
 
-    zero = dpo(policy_chosen=pc, policy_rejected=pr, ref_chosen=rc, ref_rejected=rr, weights=torch.zeros(4))
+    zero = dpo(**kw, weights=torch.zeros(4))
     assert zero.loss.item() == 0.0 and zero.loss.requires_grad
     with pytest.raises(ValueError, match="weights must be"):
-        dpo(policy_chosen=pc, policy_rejected=pr, ref_chosen=rc, ref_rejected=rr, weights=torch.ones(3))
+        dpo(**kw, weights=torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "simpo"])
+def test_a_pair_of_weight_two_counts_twice(name):
+    """One pair alone in its batch: weight 2 gives exactly twice the unweighted loss and gradient
+    (weight_norm=none), and exactly the unweighted ones under weight_norm=batch, which renormalises
+    per batch. By hand for dpo: pc=-10, pr=-12, rc=rr=-11, beta=0.5: h = 2, l = log(1 + e^-1),
+    dl/d(pc) = -beta sigmoid(-beta h) = -0.5 sigmoid(-1)."""
+    def run(weight, weight_norm="none"):
+        pc, pr = seq([-10.0], grad=True), seq([-12.0], grad=True)
+        loss = build_loss(name, beta=0.5, weight_norm=weight_norm)
+        out = loss(policy_chosen=pc, policy_rejected=pr, ref_chosen=seq([-11.0]), ref_rejected=seq([-11.0]),
+                   weights=None if weight is None else torch.tensor([weight]))
+        out.loss.backward()
+        return out.loss.item(), pc.logp_sum.grad.item(), pr.logp_sum.grad.item()
+
+    unweighted, doubled, batch = run(None), run(2.0), run(2.0, "batch")
+    assert doubled == pytest.approx(tuple(2 * x for x in unweighted), rel=1e-6)
+    assert batch == pytest.approx(unweighted, rel=1e-6)
+    assert run(1.0) == unweighted  # all ones: exactly the unweighted loss
+    if name == "dpo":
+        sig = 1 / (1 + math.exp(1.0))
+        assert unweighted[0] == pytest.approx(softplus(-1.0), abs=1e-6)
+        assert doubled[1] == pytest.approx(2 * -0.5 * sig, abs=1e-6)
+
+
+def test_weight_norm_batch_is_self_normalised():
+    """weight_norm=batch: L = sum_i w_i l_i / sum_i w_i. With w = [3, 0, 1, 1]: (3 l0 + l2 + l3) / 5;
+    uniform weights give the plain mean; all zeros give 0, still in the graph."""
+    torch.manual_seed(3)
+    pc, pr = seq(torch.randn(4).tolist(), grad=True), seq(torch.randn(4).tolist())
+    kw = dict(policy_chosen=pc, policy_rejected=pr, ref_chosen=seq(torch.randn(4).tolist()),
+              ref_rejected=seq(torch.randn(4).tolist()))
+    dpo = build_loss("dpo", beta=1.0, weight_norm="batch")
+    l = dpo(**kw).per_example.detach()
+    out = dpo(**kw, weights=torch.tensor([3.0, 0.0, 1.0, 1.0]))
+    assert out.loss.item() == pytest.approx(((3 * l[0] + l[2] + l[3]) / 5).item(), rel=1e-6)
+    assert dpo(**kw, weights=torch.full((4,), 3.0)).loss.item() == pytest.approx(l.mean().item(), rel=1e-6)
+    zero = dpo(**kw, weights=torch.zeros(4))
+    assert zero.loss.item() == 0.0 and zero.loss.requires_grad
+    with pytest.raises(ValueError, match="weight_norm='sum'"):
+        build_loss("dpo", weight_norm="sum")
 
 
 def test_label_smoothing_by_hand():

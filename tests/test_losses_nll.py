@@ -45,3 +45,20 @@ def test_nll_input_errors_and_empty_mask():
         nll()
     empty = nll(scores=SeqScores(torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.long)))
     assert empty.loss.item() == 0.0 and torch.isfinite(empty.loss)
+
+
+def test_sequence_reduction_is_a_mean_of_per_sequence_means():
+    """logp_sum = [-6, -3] over [3, 1] tokens: token reduction 9 / 4 = 2.25; sequence reduction
+    (6/3 + 3/1) / 2 = 2.5 (RPO's length-normalised NLL: every sequence counts once). Gradient of the
+    sequence form: dL/d logp_sum_b = -1 / (B n_b) = [-1/6, -1/2]."""
+    logp = torch.tensor([-6.0, -3.0], requires_grad=True)
+    scores = SeqScores(logp, torch.tensor([3, 1]))
+    assert build_loss("nll")(scores=scores).loss.item() == pytest.approx(2.25)
+    out = build_loss("nll", reduction="sequence")(scores=scores)
+    assert out.loss.item() == pytest.approx(2.5)
+    out.loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([-1 / 6, -1 / 2]))
+    one = SeqScores(torch.tensor([-6.0]), torch.tensor([3]))  # one sequence: the two reductions agree
+    assert build_loss("nll", reduction="sequence")(scores=one).loss.item() == build_loss("nll")(scores=one).loss.item()
+    with pytest.raises(ValueError, match="reduction='mean'"):
+        build_loss("nll", reduction="mean")

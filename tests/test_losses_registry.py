@@ -24,7 +24,7 @@ def test_every_loss_module_registers_itself():
     modules = {m.name for m in pkgutil.iter_modules(lnrl.losses.__path__)} - {"registry"}
     registered_from = {spec.factory.__module__.rsplit(".", 1)[1] for spec in LOSSES.values()}
     assert modules == registered_from
-    assert {"nll", "dpo", "ipo", "simpo", "aft"} <= set(LOSSES)
+    assert {"nll", "dpo", "ipo", "simpo", "aft", "kto"} <= set(LOSSES)
     assert all(spec.kind in KINDS for spec in LOSSES.values())
 
 
@@ -47,8 +47,8 @@ def test_build_loss_validation():
         build_loss("dpo", gamma=1.0)
     with pytest.raises(ValueError, match="normalize='avg'"):
         build_loss("dpo", normalize="avg")
-    with pytest.raises(ValueError, match="unknown loss 'kto'; registered losses: aft, dpo"):
-        build_loss("kto")
+    with pytest.raises(ValueError, match="unknown loss 'orpo'; registered losses: aft, dpo"):
+        build_loss("orpo")
     loss = build_loss(**{"name": "ipo", "_target_": "ignored", "beta": 0.3})
     assert loss.beta == 0.3 and loss.normalize == "mean"
 
@@ -116,3 +116,19 @@ def test_registration_errors():
         def undeclared():
             return None
     assert "test_bad_kind" not in LOSSES and "test_no_kind" not in LOSSES
+
+
+def test_docs_compatibility_table_matches_the_registry():
+    """docs/methods.md's "Which method can use which loss" table states each listed loss's registry traits
+    (a new loss is not required to be listed: adding one touches only its file, yaml(s) and test)."""
+    doc = (Path(lnrl.losses.__file__).parents[2] / "docs" / "methods.md").read_text()
+    table = doc[doc.index("## Which method can use which loss"):]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in LOSSES:
+            rows[cells[0]] = (cells[1], cells[2] == "yes", cells[3] == "yes")
+    assert len(rows) >= 6
+    for name, traits in rows.items():
+        spec = LOSSES[name]
+        assert traits == (spec.kind, spec.needs_reference, spec.uses_weights), name

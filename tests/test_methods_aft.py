@@ -1,6 +1,7 @@
-"""AFTModule: one concatenated forward for members and gold rows, SFT term, single-sided groups, training.
+"""AFT on the group module: one concatenated forward for members and gold rows, the NLL term,
+single-sided groups, training.
 
-    loss = sft_weight * NLL(gold CoT tokens) + L_align(s; groups)
+    loss = L_align(s; groups) + sft_weight * NLL(gold CoT tokens)
 
 with NLL = -sum logp(gold tokens) / #gold tokens (token-weighted, as VFT) and L_align the `aft` loss
 of the registry on the members' mean log-likelihoods.
@@ -17,8 +18,8 @@ import torch
 
 from lnrl.data import LnrlDataModule
 from lnrl.losses import build_loss
-from lnrl.methods import AFTModule
-from lnrl.methods.aft import cat_rows
+from lnrl.methods import AFTModule, GroupModule
+from lnrl.methods.groups import cat_rows
 from lnrl.models import load_tokenizer
 from lnrl.scoring import sequence_logps
 
@@ -26,6 +27,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "lnrl" / "fixtures" / "groups_ti
 TINY = {"source": "tiny", "name": "tiny-llama", "init_seed": 0}
 MAX_LENGTH = 160
 AFT = {"name": "aft", "constraint": "boundary", "boundary": 0.5, "normalize": "mean"}
+ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,8 @@ def batch_with(tok, path, want, batch_size=2) -> dict:
     return next(b for b in datamodule(tok, path, batch_size).train_dataloader() if want(b))
 
 
-def module(tok, loss=AFT, **kw) -> AFTModule:
-    m = AFTModule(model=TINY, loss=loss, optim={"lr": 1e-3}, scheduler={}, tokenizer=tok, **kw)
+def module(tok, loss=AFT, **kw) -> GroupModule:
+    m = GroupModule(model=TINY, loss=loss, optim=ADAMW, tokenizer=tok, **kw)
     m.configure_model()
     return m
 
@@ -72,7 +74,7 @@ def test_one_forward_equals_separate_forwards(tok, sft_weight):
     """Members and gold rows padded into one forward give the same loss as two separate forwards."""
     batch = batch_with(tok, FIXTURE, mixed)
     m = module(tok, sft_weight=sft_weight)
-    loss, align, extra = m.group_loss(batch)
+    loss, terms, align, _ = m.objective(batch)
     with torch.no_grad():
         logits = m.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         s = sequence_logps(logits, batch["input_ids"], batch["completion_mask"])
@@ -82,7 +84,9 @@ def test_one_forward_equals_separate_forwards(tok, sft_weight):
         nll = -g.logp_sum.sum() / g.n_tokens.sum()
     assert align.loss.item() == pytest.approx(expected.item(), abs=1e-5) and expected.item() > 0
     assert loss.item() == pytest.approx(expected.item() + sft_weight * nll.item(), abs=1e-5)
-    assert ("sft_nll" in extra) == (sft_weight > 0)
+    assert list(terms) == (["aft", "nll"] if sft_weight > 0 else ["aft"])  # logged as train/aft, train/nll
+    if sft_weight > 0:
+        assert terms["nll"].item() == pytest.approx(nll.item(), abs=1e-5)
     for key in ("scores/positive", "scores/negative", "aft/boundary", "aft/below_boundary", "aft/skipped_groups"):
         assert math.isfinite(align.metrics[key].item())
 
@@ -96,14 +100,14 @@ def test_single_sided_groups_give_finite_loss_and_grads(tok, tmp_path):
     path.write_text("".join(json.dumps(g) + "\n" for g in one_sided))
     batch = next(iter(datamodule(tok, path).train_dataloader()))
     m = module(tok, sft_weight=1.0)
-    loss, align, extra = m.group_loss(batch)
+    loss, terms, align, _ = m.objective(batch)
     loss.backward()
     assert align.metrics["aft/skipped_groups"].item() == 2.0
-    assert align.loss.item() == 0.0 and loss.item() == pytest.approx(extra["sft_nll"].item())
+    assert align.loss.item() == 0.0 and loss.item() == pytest.approx(terms["nll"].item())
     assert all(torch.isfinite(p.grad).all() for p in m.model.parameters() if p.grad is not None)
     # alignment only: a zero that is still in the graph, so backward works and grads are zero
     m0 = module(tok, sft_weight=0.0)
-    loss0, _, _ = m0.group_loss(batch)
+    loss0 = m0.objective(batch).loss
     loss0.backward()
     assert loss0.item() == 0.0
     assert all(p.grad is None or not p.grad.any() for p in m0.model.parameters())
@@ -116,7 +120,7 @@ def test_loss_decreases_and_separates_scores(tok):
     opt = torch.optim.AdamW(m.model.parameters(), lr=1e-3)
     losses, gaps = [], []
     for _ in range(10):
-        loss, align, _ = m.group_loss(batch)
+        loss, _, align, _ = m.objective(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -132,7 +136,7 @@ def test_use_ranks_reads_ranks_and_requires_them(tok, tmp_path):
     batch = batch_with(tok, FIXTURE, mixed)
     assert (batch["ranks"] >= 1).all()
     m = module(tok, sft_weight=0.0, use_ranks=True)
-    loss, align, _ = m.group_loss(batch)
+    loss = m.objective(batch).loss
     with torch.no_grad():
         logits = m.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         s = sequence_logps(logits, batch["input_ids"], batch["completion_mask"])
@@ -143,9 +147,19 @@ def test_use_ranks_reads_ranks_and_requires_them(tok, tmp_path):
     unranked.write_text(FIXTURE.read_text().replace('"rank":', '"_rank":'))
     batch = next(iter(datamodule(tok, unranked).train_dataloader()))
     with pytest.raises(ValueError, match="use_ranks=true but some completions have no 'rank'"):
-        m.group_loss(batch)
+        m.objective(batch)
 
 
-def test_negative_sft_weight_is_refused(tok):
+def test_sft_weight_is_the_nll_term(tok):
+    """sft_weight is shorthand for extra_losses.nll.weight: the same terms; both at once, or < 0, is refused.
+    AFTModule is the same class (kept for configs that name it)."""
+    assert AFTModule is GroupModule
+    a, b = module(tok, sft_weight=0.7), module(tok, extra_losses={"nll": {"weight": 0.7}})
+    terms = [("aft", 1.0), ("nll", 0.7)]
+    assert [(t.name, t.weight) for t in a.terms] == [(t.name, t.weight) for t in b.terms] == terms
     with pytest.raises(ValueError, match="sft_weight"):
-        AFTModule(model=TINY, loss=AFT, optim={}, scheduler={}, tokenizer=tok, sft_weight=-1.0)
+        GroupModule(model=TINY, loss=AFT, optim=ADAMW, tokenizer=tok, sft_weight=-1.0)
+    with pytest.raises(ValueError, match="both set the NLL term"):
+        GroupModule(model=TINY, loss=AFT, optim=ADAMW, tokenizer=tok, sft_weight=1.0, extra_losses={"nll": {}})
+    c = module(tok, sft_weight=0.0, extra_losses={"nll": {"weight": 0.5, "reduction": "sequence"}})  # kto.yaml + nll
+    assert [(t.name, t.weight, t.fn.reduction) for t in c.terms[1:]] == [("nll", 0.5, "sequence")]

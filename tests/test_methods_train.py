@@ -1,4 +1,4 @@
-"""Each alignment method trains end to end through `lnrl.train.train` (the lnrl-train app) on the fixtures.
+"""Each alignment method trains end to end through `lnrl.apps.train.train` (the lnrl-train app) on the fixtures.
 
 Configs are composed the way `lnrl-train experiment=fixtures method=...` composes them, with the run
 dir pointed at tmp_path (lightning-hydra-template style).
@@ -17,18 +17,21 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from lnrl.refscores import refscores
-from lnrl.train import train
+from lnrl.apps.refscores import refscores
+from lnrl.apps.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "lnrl" / "conf"
 FIXTURE = ROOT / "lnrl" / "fixtures" / "groups_tiny.jsonl"
 QUICK = ["experiment=fixtures", "trainer.max_steps=2", "+trainer.limit_train_batches=2", "data.batch_size=1",
          "eval.enabled=false"]
-PAIR_METRICS = ["train/loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "logps/chosen", "logps/rejected"]
-AFT_METRICS = ["train/loss", "scores/positive", "scores/negative", "aft/boundary", "aft/below_boundary",
-               "aft/skipped_groups"]
+PAIR_METRICS = ["train/loss", "train/dpo", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                "rewards/accuracies", "logps/chosen", "logps/rejected"]
+AFT_METRICS = ["train/loss", "train/aft", "train/nll", "scores/positive", "scores/negative", "aft/boundary",
+               "aft/below_boundary", "aft/skipped_groups"]
+KTO_METRICS = ["train/loss", "train/kto", "rewards/chosen", "rewards/rejected", "kto/kl"]
+# The fixture's profiles predate lnrl-prefs's `pair_weight`; wdpo reads a field it has.
+FIXTURE_WEIGHTS = "data.weight_field=profile.wrongness"
 
 
 def compose_cfg(tmp_path: Path, overrides: list[str], config: str = "train") -> DictConfig:
@@ -45,8 +48,11 @@ def compose_cfg(tmp_path: Path, overrides: list[str], config: str = "train") -> 
 @pytest.mark.parametrize("overrides, names", [
     (["method=aft", "loss.constraint=boundary", "loss.boundary=0.5"], AFT_METRICS),
     (["method=dpo_avg", "loss.beta=0.5"], PAIR_METRICS),
-    (["method=wdpo"], PAIR_METRICS),
-], ids=["aft", "dpo_avg", "wdpo"])
+    (["method=wdpo", FIXTURE_WEIGHTS], PAIR_METRICS),
+    (["method=kto"], KTO_METRICS),
+    (["method=rpo"], PAIR_METRICS + ["train/nll"]),
+    (["method=dpo", "optim=sgd", "optim.lr=0.01"], PAIR_METRICS),
+], ids=["aft", "dpo_avg", "wdpo", "kto", "rpo", "dpo_sgd"])
 def test_method_trains_on_fixtures(tmp_path, overrides, names):
     metrics = train(compose_cfg(tmp_path, QUICK + overrides))
     assert metrics["global_step"] == 2
@@ -59,7 +65,7 @@ def test_dpo_starts_at_ln2_with_refs_from_refscores(tmp_path):
     """lnrl-refscores model=tiny, then lnrl-train method=dpo: policy == reference at step 0, so loss = ln 2."""
     prefs = tmp_path / "groups.jsonl"
     shutil.copy(FIXTURE, prefs)
-    refscores(compose_cfg(tmp_path, ["model=tiny", f"input={prefs}", "max_length=256", "device=cpu"], "refscores"))
+    refscores(compose_cfg(tmp_path, ["model=tiny", f"input={prefs}", "data.max_length=256", "device=cpu"], "refscores"))
     run = tmp_path / "run"
     train(compose_cfg(run, QUICK + ["method=dpo", f"data.prefs_path={prefs}", "logger=csv"]))
     rows = list(csv.DictReader(open(next(run.glob("csv/version_*/metrics.csv")))))
@@ -75,14 +81,27 @@ def test_missing_refs_error_names_the_file(tmp_path):
         train(compose_cfg(tmp_path, QUICK + ["method=dpo", f"data.prefs_path={stripped}"]))
 
 
-def test_weighted_dpo_needs_a_weight_field(tmp_path):
-    with pytest.raises(ValueError, match="set data.weight_field"):
-        train(compose_cfg(tmp_path, QUICK + ["method=wdpo", "data.weight_field=null"]))
+def test_rpo_total_is_dpo_plus_alpha_nll(tmp_path):
+    """The logged terms add up: train/loss = train/dpo + alpha * train/nll (alpha = method.extra_losses.nll.weight)."""
+    metrics = train(compose_cfg(tmp_path, QUICK + ["method=rpo", "method.extra_losses.nll.weight=0.5"]))
+    assert metrics["train/loss"] == pytest.approx(metrics["train/dpo"] + 0.5 * metrics["train/nll"], rel=1e-5)
+
+
+def test_explicit_data_kind_must_agree_with_the_method(tmp_path):
+    """The data kind comes from the module class; a conflicting data.kind names both."""
+    with pytest.raises(ValueError, match="data.kind='groups' conflicts with method PairModule, which trains on 'pairs"):
+        train(compose_cfg(tmp_path, QUICK + ["method=dpo", "data.kind=groups"]))
+
+
+def test_weights_on_groups_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="data.weight_field='profile.wrongness' gives per-pair weights, but "
+                                         "GroupModule trains on 'groups'"):
+        train(compose_cfg(tmp_path, QUICK + ["method=aft", FIXTURE_WEIGHTS]))
 
 
 def test_method_refuses_a_loss_it_cannot_feed(tmp_path):
-    """`method=aft loss=dpo`: the command line wins over the method's loss, and AFT refuses it."""
-    with pytest.raises(Exception, match="AFTModule cannot train with loss 'dpo'"):
+    """`method=aft loss=dpo`: the command line wins over the method's loss, and the group module refuses it."""
+    with pytest.raises(Exception, match="GroupModule cannot train with loss 'dpo'"):
         train(compose_cfg(tmp_path, QUICK + ["method=aft", "loss=dpo"]))
 
 
@@ -90,12 +109,18 @@ def test_method_refuses_a_loss_it_cannot_feed(tmp_path):
 def test_acceptance_on_embedded_model(tmp_path):
     """The issue's acceptance runs on SmolLM2-135M-Instruct, a couple of steps each (max_length 256, batch 1).
 
-    The fixture's cached refs are this model's own scores, so weighted DPO starts at ln 2 too.
+    The fixture's cached refs are this model's own scores, so every pair starts at l = ln 2: DPO's first
+    loss is ln 2, weighted DPO's (batch of one pair, mean_i w_i l_i) is ln 2 times that pair's weight.
     """
+    from lnrl.data import make_pairs, read_groups
+
+    weights = {round(p.weight, 6) for p in make_pairs(read_groups(FIXTURE), "hard_negative", gold_as_chosen=True,
+                                                      weight_field="profile.wrongness")}
+    assert len(weights) > 1
     embedded = QUICK + ["model=smollm2_135m", "data.max_length=256", "logger=csv"]
     runs = [("aft", ["method=aft", "loss.constraint=boundary", "loss.boundary=0.5"], AFT_METRICS),
             ("dpo_avg", ["method=dpo_avg", "loss.beta=0.5"], PAIR_METRICS),
-            ("wdpo", ["method=wdpo"], PAIR_METRICS)]
+            ("wdpo", ["method=wdpo", FIXTURE_WEIGHTS], PAIR_METRICS)]
     for name, overrides, names in runs:
         run = tmp_path / name
         metrics = train(compose_cfg(run, embedded + overrides))
@@ -105,4 +130,7 @@ def test_acceptance_on_embedded_model(tmp_path):
         if name != "aft":
             rows = list(csv.DictReader(open(next(run.glob("csv/version_*/metrics.csv")))))
             first = next(float(r["train/loss"]) for r in rows if r.get("train/loss"))
-            assert first == pytest.approx(math.log(2), abs=1e-3), name
+            if name == "wdpo":
+                assert any(first == pytest.approx(math.log(2) * w, abs=1e-3) for w in weights), first
+            else:
+                assert first == pytest.approx(math.log(2), abs=1e-3), name

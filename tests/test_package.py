@@ -35,12 +35,12 @@ def test_configs_compose_from_the_installed_wheel(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, text=True)
     code = ("import lnrl, os; assert lnrl.__file__.startswith(os.environ['PYTHONPATH']), lnrl.__file__; "
-            "from lnrl.train import main; main()")
+            "from lnrl.apps.train import main; main()")
     res = subprocess.run([sys.executable, "-c", code, "--cfg", "job", "model=tiny", "method=vft"],
                          cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(target)})
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "source: tiny" in res.stdout and "lnrl.methods.VFTModule" in res.stdout
+    assert "source: tiny" in res.stdout and "lnrl.methods.SFTModule" in res.stdout
 
 
 def test_console_entry_points_are_installed():

@@ -12,10 +12,13 @@ import sys
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_class
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from lnrl.pipeline import METRICS, Pipeline, dedupe, flatten, format_value, run_from_overrides
+from lnrl.apps.pipeline import Pipeline, run_from_overrides
+from lnrl.overrides import dedupe, flatten, format_value
+from lnrl.reporting import METRICS
 
 METHODS = ("vft", "aft", "dpo", "dpo_avg", "wdpo")
 
@@ -26,6 +29,11 @@ def test_format_value_round_trips_through_hydras_parser(value):
     override = OverridesParser.create().parse_override(f"key={format_value(value)}")
     assert override.value() == value
 
+
+
+def kind_of(cfg) -> str:
+    """The batches a stage's method trains on (the module class is the one home of the data kind)."""
+    return get_class(cfg.method._target_).data_kind
 
 def test_flatten_and_dedupe():
     assert flatten({"trainer": {"max_steps": 8, "x": {}}, "logger": "csv", "betas": [0.9, 0.99]}) == {
@@ -48,20 +56,20 @@ def pipeline(tmp_path):
 def test_stage_configs_get_shared_nodes_sections_and_wiring(pipeline, tmp_path):
     p = pipeline
     vft = p.compose("train", "vft", ["method=vft"], ["train", "vft"])
-    assert vft.model.source == "tiny" and vft.data.source.n_train == 8 and vft.data.kind == "sft"
+    assert vft.model.source == "tiny" and vft.data.source.n_train == 8 and kind_of(vft) == "sft"
     assert vft.trainer.max_steps == p.cfg.stages.vft.trainer.max_steps  # the stage's section wins
     assert vft.logger.csv is not None and not vft.eval.enabled and vft.callbacks in (None, {})
 
     dpo = p.compose("train", "dpo", ["method=dpo", *p.hf("vft")], ["train", "align", "dpo"])
     assert dpo.model.source == "hf" and dpo.model.path == str(tmp_path / "vft" / "hf_model")
     assert dpo.optim.lr == 0.5 and dpo.trainer.max_steps == p.cfg.stages.align.trainer.max_steps
-    assert dpo.data.kind == "pairs" and dpo.data.prefs_path == f"{tmp_path}/prefs/groups.jsonl"
+    assert kind_of(dpo) == "pairs" and dpo.data.prefs_path == f"{tmp_path}/prefs/groups.jsonl"
     assert dpo.data.source.n_train == 8 and dpo.loss.name == "dpo" and dpo.loss.normalize == "sum"
     aft = p.compose("train", "aft", ["method=aft", *p.hf("vft")], ["train", "align", "aft"])
-    assert aft.data.kind == "groups" and aft.data.prefs_path == f"{tmp_path}/prefs/groups_aft.jsonl"
+    assert kind_of(aft) == "groups" and aft.data.prefs_path == f"{tmp_path}/prefs/groups_aft.jsonl"
     assert aft.loss.name == "aft" and aft.loss.constraint == "boundary"
     wdpo = p.compose("train", "wdpo", ["method=wdpo", *p.hf("vft")], ["train", "align", "wdpo"])
-    assert wdpo.data.weight_field == "profile.pair_weight" and wdpo.method._target_.endswith("WeightedDPOModule")
+    assert wdpo.data.weight_field == "profile.pair_weight" and wdpo.data.pairing == "hard_negative"
     avg = p.compose("train", "dpo_avg", ["method=dpo_avg", *p.hf("vft")], ["train", "align", "dpo_avg"])
     assert avg.loss.normalize == "mean" and avg.loss.beta == 0.5
 
@@ -78,7 +86,7 @@ def test_saved_command_recomposes_the_same_stage_config(pipeline, tmp_path):
     cfg = p.compose("train", "aft", ["method=aft", *p.hf("vft"), f"paths.output_dir={tmp_path}/aft"],
                     ["train", "align", "aft"])
     argv = shlex.split((tmp_path / "aft" / "command.txt").read_text())
-    assert argv[:3] == ["python", "-m", "lnrl.train"]
+    assert argv[:3] == ["python", "-m", "lnrl.apps.train"]
     again = compose("train", overrides=argv[3:])
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
 
@@ -116,7 +124,7 @@ def test_tiny_pipeline_writes_results_and_resumes(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json") if "wdpo" not in str(p.parent)}
     shutil.rmtree(out / "eval" / "wdpo")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    run = subprocess.run([sys.executable, "-m", "lnrl.pipeline", *args], cwd=tmp_path, env=env,
+    run = subprocess.run([sys.executable, "-m", "lnrl.apps.pipeline", *args], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr

@@ -9,7 +9,7 @@ import pytest
 from lnrl.data.pairs import PAIRING_RULES, make_pairs
 from lnrl.data.records import Completion, DataError, GroupRecord, read_groups
 from lnrl.models import load_model, load_tokenizer
-from lnrl.prefs import annotate, build_prefs, pair_weight, rank_of, with_gold_positive
+from lnrl.preferences import annotate, build_prefs, pair_weight, rank_of, with_gold_positive
 
 
 def comp(text: str, correct: bool, wrongness: float = 0.0, absurdity: float = 0.0, degeneracy: float = 0.0,

@@ -11,11 +11,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import lnrl.refscores as rs
+import lnrl.reference as rs
 from lnrl.data.records import Completion, GroupRecord, read_groups
 from lnrl.data.tokenize import encode
 from lnrl.models import load_model, load_tokenizer
-from lnrl.refscores import compute_ref_scores, model_id, score_file
+from lnrl.apps.refscores import refscores
+from lnrl.reference import compute_ref_scores, model_id, score_file
 
 CONF = Path(__file__).resolve().parents[1] / "lnrl" / "conf"
 TINY = {"source": "tiny", "name": "tiny-llama", "init_seed": 0}
@@ -160,11 +161,11 @@ def test_hydra_app_scores_file(tmp_path, model, tok):
     src = write(tmp_path / "groups.jsonl", make_groups(2))
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("refscores", return_hydra_config=True,
-                      overrides=["model=tiny", f"input={src}", "max_length=256", "device=cpu"])
+                      overrides=["model=tiny", f"input={src}", "data.max_length=256", "device=cpu"])
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(tmp_path)
     HydraConfig().set_config(cfg)
-    assert rs.refscores(cfg) == {"groups": 2, "scored": 2, "skipped": 0}
+    assert refscores(cfg) == {"groups": 2, "scored": 2, "skipped": 0}
     g = read_groups(src)[1]
     assert g.provenance["ref_model"] == model_id({k: v for k, v in cfg.model.items()})
     lp, n = naive_score(model, tok, g.question, g.completions[1].text, 256)

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lnrl.report import main, mean_std, report
+from lnrl.apps.report import main
+from lnrl.reporting import mean_std, report
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_run(root: Path, name: str, *, method: str, loss: dict, seed: int, metrics: dict | None = None,
              error: str | None = None, extra_overrides: tuple[str, ...] = ()) -> Path:
-    """A run dir as Hydra + lnrl.train leave it: .hydra/{config,hydra,overrides}.yaml and metrics/failed.json."""
+    """A run dir as Hydra + lnrl-train leave it: .hydra/{config,hydra,overrides}.yaml and metrics/failed.json."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     target = {"dpo": "DPOModule", "dpo_avg": "DPOModule", "aft": "AFTModule"}[method]
@@ -159,7 +160,7 @@ def test_main_prints_table_and_failures(sweep, tmp_path, capsys):
 @pytest.mark.slow
 def test_cli(sweep, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-m", "lnrl.report", str(sweep), "--metrics", "val/answer_acc"],
+    res = subprocess.run([sys.executable, "-m", "lnrl.apps.report", str(sweep), "--metrics", "val/answer_acc"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "| 0.4 ± 0.2 |" in res.stdout and "FAILED:" in res.stdout and "INCOMPLETE:" in res.stdout

@@ -11,7 +11,9 @@ from conftest import compose_cfg
 from lnrl.data.records import Example, read_groups
 from lnrl.generation import Generation
 from lnrl.models import load_model, load_tokenizer
-from lnrl.sample import grade, load_policy, sample, sample_to_dir, shard_seed
+from lnrl.apps.sample import sample
+from lnrl.models import load_policy
+from lnrl.sampling import grade, sample_to_dir, shard_seed
 from lnrl.verify import DIMENSIONS, MathVerifier
 
 TINY = {"source": "tiny", "name": "tiny-llama", "hidden_size": 64, "intermediate_size": 128, "num_layers": 2,

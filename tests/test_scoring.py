@@ -167,3 +167,45 @@ def test_seqscores_helpers():
         SeqScores(torch.zeros(3), torch.zeros(2))
     with pytest.raises(ValueError, match="equal parts"):
         SeqScores(torch.zeros(3), torch.zeros(3)).chunk(2)
+
+
+def test_score_rows_matches_direct_forward_and_restores_train_mode():
+    """score_rows == sequence_logps(model(row).logits) of each row alone (no padding at all), in input
+    order, with None for dropped rows, whatever the batching; the model's mode is put back."""
+    from lnrl.data.tokenize import encode
+    from lnrl.models import load_model, load_tokenizer
+    from lnrl.scoring import score_rows
+
+    tok = load_tokenizer({"source": "tiny"})
+    model = load_model({"source": "tiny"}, tok)
+    rows = [encode(tok, "What is 2 + 3?", "2 + 3 = 5.\n#### 5", 256),
+            None,
+            encode(tok, "Tom has 12 apples and eats 4. How many are left?",
+                   "He eats 4 of 12, so 12 - 4 = 8 are left.\n#### 8", 256),
+            encode(tok, "Hi", "#### 1", 256, system_prompt="Be brief."),
+            encode(tok, "A train covers 60 km in 1.5 hours. What is its speed in km/h?",
+                   "Speed is distance over time: 60 / 1.5 = 40.\n#### 40", 256),
+            None]
+    assert len({len(r["input_ids"]) for r in rows if r}) == 4  # different lengths: batches carry padding
+    expected = []
+    with torch.no_grad():
+        for r in rows:
+            if r is None:
+                expected.append(None)
+                continue
+            ids, mask = torch.tensor([r["input_ids"]]), torch.tensor([r["completion_mask"]])
+            s = sequence_logps(model(input_ids=ids).logits, ids, mask)
+            expected.append((s.logp_sum.item(), int(s.n_tokens.item())))
+    model.train()
+    for batch_size in (1, 3, 8):
+        got = score_rows(model, rows, pad_id=tok.pad_token_id, batch_size=batch_size)
+        assert model.training
+        assert [g is None for g in got] == [e is None for e in expected]
+        for g, e in zip(got, expected):
+            if e is not None:
+                assert g[1] == e[1] and g[0] == pytest.approx(e[0], rel=1e-6, abs=1e-5)
+                assert isinstance(g[0], float) and isinstance(g[1], int)
+    model.eval()
+    score_rows(model, rows, pad_id=tok.pad_token_id)
+    assert not model.training
+    assert score_rows(model, [None, None], pad_id=tok.pad_token_id) == [None, None]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from hydra import compose, initialize_config_dir
@@ -44,8 +45,8 @@ def sweeper_params(cfg) -> dict:
 def test_presets_compose(tmp_path):
     """Each preset picks its method (a `# @package _global_` patch that itself overrides /loss) and its grid."""
     for preset, target, loss, grid in [
-        ("dpo_beta_norm", "DPOModule", "dpo", {"loss.beta", "loss.normalize", "seed"}),
-        ("aft_boundary", "AFTModule", "aft", {"loss.constraint", "loss.boundary", "seed"}),
+        ("dpo_beta_norm", "PairModule", "dpo", {"loss.beta", "loss.normalize", "seed"}),
+        ("aft_boundary", "GroupModule", "aft", {"loss.constraint", "loss.boundary", "seed"}),
     ]:
         cfg = compose_cfg([f"sweep={preset}"], tmp_path, return_hydra_config=True)
         assert cfg.method._target_.endswith(target) and cfg.loss.name == loss
@@ -58,7 +59,8 @@ def test_presets_compose(tmp_path):
     kinds = {}
     for m in methods:
         point = compose_cfg(["sweep=methods", f"method={m}", "experiment=fixtures"], tmp_path)
-        kinds[m] = (point.loss.name, point.loss.get("normalize"), point.data.kind, point.data.prefs_path)
+        kinds[m] = (point.loss.name, point.loss.get("normalize"), get_class(point.method._target_).data_kind,
+                    point.data.prefs_path)
     assert kinds["aft"][:3] == ("aft", "mean", "groups") and kinds["dpo"][:3] == ("dpo", "sum", "pairs")
     assert kinds["dpo_avg"][:3] == ("dpo", "mean", "pairs") and kinds["wdpo"][:3] == ("dpo", "sum", "pairs")
     assert len({k[3] for k in kinds.values()}) == 1  # the same records for every method
@@ -67,7 +69,7 @@ def test_presets_compose(tmp_path):
 def test_optuna_and_slurm_presets_compose(tmp_path):
     cfg = compose_cfg(["sweep=optuna_dpo"], tmp_path, return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
-    assert cfg.optimized_metric == "val/answer_acc" and cfg.method._target_.endswith("DPOModule")
+    assert cfg.optimized_metric == "val/answer_acc" and cfg.method._target_.endswith("PairModule")
     assert sweeper_params(cfg)["loss.normalize"] == "choice(sum, mean)"
     cfg = compose_cfg(["sweep=dpo_beta_norm", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path,
                       return_hydra_config=True)
@@ -145,7 +147,7 @@ def test_summary_and_strict_callback(tmp_path):
 # -- real sweeps (subprocesses, tiny model) -----------------------------------------------------
 
 def lnrl_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "lnrl.train", *args], cwd=cwd, env=ENV, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "lnrl.apps.train", *args], cwd=cwd, env=ENV, capture_output=True,
                          text=True, timeout=timeout)
     return res
 
@@ -190,7 +192,7 @@ def test_acceptance_dpo_beta_norm_then_report(tmp_path):
     pts = points(sweep)
     assert len(pts) == 4 and all((d / "metrics.json").exists() for d in pts.values())
     assert json.loads((sweep / SUMMARY_FILE).read_text())["ok"] == 4
-    rep = subprocess.run([sys.executable, "-m", "lnrl.report", str(sweep)], cwd=tmp_path, env=ENV,
+    rep = subprocess.run([sys.executable, "-m", "lnrl.apps.report", str(sweep)], cwd=tmp_path, env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr
     for beta in ("0.1", "0.5"):

@@ -37,7 +37,7 @@ def test_dry_run_prints_one_torchrun_per_point(tmp_path, capsys):
     cmds = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
     assert len(cmds) == 4
     for i, (beta, seed) in enumerate([("0.1", "0"), ("0.1", "1"), ("0.5", "0"), ("0.5", "1")]):
-        assert cmds[i] == ["torchrun", "--nnodes", "1", "--nproc_per_node", "4", "-m", "lnrl.train", "method=dpo_avg",
+        assert cmds[i] == ["torchrun", "--nnodes", "1", "--nproc_per_node", "4", "-m", "lnrl.apps.train", "method=dpo_avg",
                            "trainer=fsdp2", f"loss.beta={beta}", f"seed={seed}", "trainer.devices=4",
                            f"hydra.run.dir={tmp_path / 's' / str(i)}"]
     assert not (tmp_path / "s").exists()  # a dry run writes nothing

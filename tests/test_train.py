@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import SHARED_GSM8K, TINY, compose_cfg
-from lnrl.train import train
+from lnrl.apps.train import train
 
-LNRL_TRAIN = [sys.executable, "-m", "lnrl.train"]
+LNRL_TRAIN = [sys.executable, "-m", "lnrl.apps.train"]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -113,7 +113,7 @@ def test_nan_loss_stops_before_the_update(tiny_cfg):
 
 def test_lnrl_eval_scores_an_exported_model(tiny_cfg, tmp_path):
     """lnrl-eval on a run's hf_model gives the numbers the end-of-fit evaluation gave for the same model."""
-    from lnrl.evaluate import main as eval_main
+    from lnrl.apps.evaluate import main as eval_main
 
     metrics = train(tiny_cfg())
     eval_dir = tmp_path / "eval"
@@ -129,7 +129,7 @@ def test_lnrl_eval_scores_an_exported_model(tiny_cfg, tmp_path):
 
 def test_crash_mid_fit_saves_a_resumable_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     """A loss that turns NaN at step 2 stops the run with a clear error and leaves on_exception.ckpt."""
-    from lnrl.methods.vft import VFTModule
+    from lnrl.methods import VFTModule
 
     real = VFTModule.training_step
 

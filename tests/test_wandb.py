@@ -104,7 +104,7 @@ def test_offline_run_has_names_config_metrics_and_table(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
            "TOKENIZERS_PARALLELISM": "false"}
     env.pop("LNRL_WANDB_GROUP", None)
-    res = subprocess.run([sys.executable, "-m", "lnrl.train", "-m", "sweep=dpo_beta_norm", "experiment=fixtures",
+    res = subprocess.run([sys.executable, "-m", "lnrl.apps.train", "-m", "sweep=dpo_beta_norm", "experiment=fixtures",
                           "logger=wandb", "loss.beta=0.5,0.1", "loss.normalize=mean", "seed=3", "trainer.max_steps=2",
                           "eval.n_examples=3", "eval.max_new_tokens=4", "trainer.enable_progress_bar=false",
                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -121,7 +121,7 @@ def test_offline_run_has_names_config_metrics_and_table(tmp_path):
     assert {"fixtures", "method=dpo", "loss=dpo", "kind=pairs"} <= set(run["tags"])
     # The resolved config, as train.py logs it.
     assert run["config"]["loss"]["beta"] == 0.5 and run["config"]["loss"]["normalize"] == "mean"
-    assert run["config"]["seed"] == 3 and run["config"]["method"]["_target_"].endswith("DPOModule")
+    assert run["config"]["seed"] == 3 and run["config"]["method"]["_target_"].endswith("PairModule")
     # Every numeric metric of metrics.json reached wandb with the same final value.
     metrics = json.loads((point / "metrics.json").read_text())
     for key in ("train/loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",

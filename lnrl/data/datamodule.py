@@ -29,7 +29,7 @@ KINDS = ("sft", "pairs", "groups")
 
 
 class LnrlDataModule(L.LightningDataModule):
-    def __init__(self, source: dict, kind: str = "sft", prefs_path: str | None = None, pairing: str = "all",
+    def __init__(self, source: dict, kind: str | None = None, prefs_path: str | None = None, pairing: str = "all",
                  gold_as_chosen: bool = True, weight_field: str | None = None, max_length: int = 512,
                  overlong: str = "truncate", on_error: str = "raise", batch_size: int = 4,
                  eval_batch_size: int = 8, num_workers: int = 0, system_prompt: str | None = None,
@@ -38,15 +38,13 @@ class LnrlDataModule(L.LightningDataModule):
         # `data.path=...` is the short form; the shipped configs interpolate it into source.path, which wins.
         if path is not None and not dict(_plain(source)).get("path"):
             source = {**dict(_plain(source)), "path": path}
-        if kind not in KINDS:
-            raise ValueError(f"data.kind={kind!r}; expected one of {KINDS}")
-        if kind != "sft" and not prefs_path:
-            raise ValueError(f"data.kind={kind} needs data.prefs_path (a group JSONL written by the sampling stage)")
         if overlong not in OVERLONG:
             raise ValueError(f"data.overlong={overlong!r}; expected one of {OVERLONG}")
         check_on_error(on_error)
         self.source = dict(_plain(source))
-        self.kind, self.prefs_path, self.pairing = kind, prefs_path, pairing
+        self.kind, self.prefs_path, self.pairing = None, prefs_path, pairing
+        if kind is not None:  # an explicit kind (Python users, or data.kind=... to assert the method's)
+            self.kind = self._checked_kind(kind)
         self.gold_as_chosen, self.weight_field = gold_as_chosen, weight_field
         self.max_length, self.overlong, self.on_error = int(max_length), overlong, on_error
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -59,6 +57,26 @@ class LnrlDataModule(L.LightningDataModule):
         self.groups: list[GroupRecord] = []
         self.pairs: list[Pair] = []
 
+    # ------------------------------------------------------------------ kind
+
+    def _checked_kind(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"data.kind={kind!r}; expected one of {KINDS}")
+        if kind != "sft" and not self.prefs_path:
+            raise ValueError(f"data.kind={kind} needs data.prefs_path (a group JSONL written by the sampling stage)")
+        return kind
+
+    def use_kind(self, kind: str, method: str) -> None:
+        """Serve the batches `method` trains on. The kind's one home is the module class (`data_kind`):
+        lnrl-train calls this with it before fit. A kind given explicitly (data.kind=...) must agree."""
+        if self._split is not None and self.kind != kind:
+            raise RuntimeError(f"LnrlDataModule: set up for kind={self.kind!r}; call use_kind before setup")
+        if self.kind is not None and self.kind != kind:
+            raise ValueError(f"data.kind={self.kind!r} conflicts with method {method}, which trains on {kind!r} "
+                             f"batches; drop data.kind (the method decides it) or pick a method for "
+                             f"{self.kind!r} batches")
+        self.kind = self._checked_kind(kind)
+
     # ------------------------------------------------------------------ setup
 
     def setup(self, stage: str | None = None) -> None:
@@ -66,6 +84,8 @@ class LnrlDataModule(L.LightningDataModule):
             return
         if self.tokenizer is None:
             raise RuntimeError("LnrlDataModule.setup: no tokenizer; set dm.tokenizer = tok before setup")
+        if self.kind is None:  # no method chose (lnrl-eval, sampling): the gold CoTs of the source
+            self.kind = "sft"
         split = build_source(self.source, on_error=self.on_error)
         stats: dict = {"source_skipped": split.info.get("skipped", 0)}
         self._val = self._encode_examples(split.eval, stats, "val")

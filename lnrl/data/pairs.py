@@ -9,15 +9,29 @@ pairs a group yields. A rule is a function
 registered in PAIRING_RULES with @register_pairing("name"). `positives` are the correct
 completions, or just the gold solution when the group has none and gold_as_chosen is on;
 `negatives` are the incorrect completions.
+
+Weights (weighted DPO) are read from a field of the rejected completion, must be finite and >= 0,
+and are scaled to mean 1 over the dataset. One pair with a weight far above the rest would carry
+the whole loss: a pair weighing more than WEIGHT_WARN_RATIO average pairs is warned about, and
+`weight_clip` caps every weight at that multiple of the median positive weight before scaling.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lnrl.data.records import Completion, DataError, GroupRecord
+
+log = logging.getLogger(__name__)
+
+# A pair whose weight, after scaling to mean 1, exceeds this counts as that many average pairs:
+# the loss is then mostly that one pair. Warned about; weight_clip bounds it.
+WEIGHT_WARN_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,12 +90,19 @@ def pair_one_per_question(positives: list[Candidate], negatives: list[Candidate]
     return [(positives[h % len(positives)], negatives[(h // len(positives)) % len(negatives)])]
 
 
+def field_loc(group: GroupRecord, index: int | str, name: str) -> str:
+    """ "path:line: group 'id': completions[i]: field 'name'" for a message (no path:line for a group
+    that was not read from a file)."""
+    where = f"{group.loc}: " if group.loc is not None else ""
+    return f"{where}group {group.id!r}: completions[{index}]: field '{name}'"
+
+
 def _badness(c: Candidate, group: GroupRecord) -> float:
     """wrongness + absurdity of a completion's verifier profile."""
     profile = c.completion.profile or {}
     for key in ("wrongness", "absurdity"):
         if key not in profile:
-            raise DataError(f"group {group.id!r}: completions[{c.index}]: field 'profile.{key}': missing "
+            raise DataError(f"{field_loc(group, c.index, 'profile.' + key)}: missing "
                             f"(the hard_negative rule needs verifier profiles, as lnrl-sample writes them)")
     return profile["wrongness"] + profile["absurdity"]
 
@@ -113,23 +134,37 @@ def resolve(obj: Any, dotted: str) -> Any:
 
 
 def make_pairs(groups: list[GroupRecord], rule: str = "all", gold_as_chosen: bool = False,
-               weight_field: str | None = None, stats: dict | None = None, **rule_kwargs: Any) -> list[Pair]:
+               weight_field: str | None = None, stats: dict | None = None, *, weight_clip: float | None = None,
+               **rule_kwargs: Any) -> list[Pair]:
     """Pairs from groups by the named rule.
 
     gold_as_chosen: a question with no correct completion uses its gold solution (and gold_ref)
         as the chosen side; counted in stats["pairs_gold_chosen"].
-    weight_field: dotted path into the rejected completion ("profile.wrongness") read as a float
-        weight w_i >= 0; weights are then scaled to mean 1 over the dataset, w_i * n / sum(w), so a
-        weighted loss keeps the scale of the unweighted one. Without it every weight is 1.
+    weight_field: dotted path into the rejected completion ("profile.wrongness") read as a weight
+        w_i: a finite number >= 0, else DataError naming file, line and field. Weights are then
+        scaled to mean 1 over the dataset, w_i * n / sum(w), so a weighted loss keeps the scale of
+        the unweighted one. Without it every weight is 1.
+    weight_clip: None, or a number >= 1: each weight is first capped at weight_clip times the median
+        of the positive weights, so no pair outweighs the typical one by more than that. Without it
+        a pair weighing more than WEIGHT_WARN_RATIO times the mean is warned about.
     stats (optional, updated in place): pairs, pairs_gold_chosen, questions_with_pairs,
-        questions_without_pairs.
+        questions_without_pairs; with weight_field also weight_max (the largest scaled weight) and
+        weights_clipped.
     """
     if rule not in PAIRING_RULES:
         raise ValueError(f"unknown pairing rule {rule!r}; registered: {sorted(PAIRING_RULES)}")
+    if weight_clip is not None:
+        if isinstance(weight_clip, bool) or not isinstance(weight_clip, (int, float)) \
+                or not math.isfinite(weight_clip) or weight_clip < 1:
+            raise ValueError(f"weight_clip={weight_clip!r}: expected a finite number >= 1 or None "
+                             f"(the cap on a weight, as a multiple of the median weight)")
+        if weight_field is None:
+            raise ValueError(f"weight_clip={weight_clip!r} needs weight_field (without it every weight is 1)")
     fn = PAIRING_RULES[rule]
     stats = {} if stats is None else stats
     pairs: list[Pair] = []
     raw_weights: list[float] = []
+    weight_locs: list[str] = []
     n_gold = n_with = 0
     for g in groups:
         positives = [Candidate(i, c) for i, c in enumerate(g.completions) if c.correct]
@@ -143,15 +178,16 @@ def make_pairs(groups: list[GroupRecord], rule: str = "all", gold_as_chosen: boo
         for ch, rj in made:
             weight = 1.0
             if weight_field is not None:
+                loc = field_loc(g, rj.index, weight_field)
                 try:
                     weight = resolve(rj.completion, weight_field)
                 except KeyError:
-                    raise DataError(f"group {g.id!r}: completions[{rj.index}]: field '{weight_field}': missing "
-                                    f"(weight_field needs it on every rejected completion)") from None
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                    raise DataError(f"group {g.id!r}: completions[{rj.index}]: field '{weight_field}': "
-                                    f"expected a number >= 0, got {weight!r}")
+                    raise DataError(f"{loc}: missing (weight_field needs it on every rejected completion)") from None
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                        or not math.isfinite(weight) or weight < 0:
+                    raise DataError(f"{loc}: expected a finite number >= 0, got {weight!r}")
                 raw_weights.append(float(weight))
+                weight_locs.append(loc)
             n_gold += used_gold
             pairs.append(Pair(
                 id=f"{g.id}/c{ch.index}-r{rj.index}", question=g.question,
@@ -161,11 +197,31 @@ def make_pairs(groups: list[GroupRecord], rule: str = "all", gold_as_chosen: boo
                       "gold_chosen": used_gold},
             ))
     if weight_field is not None and pairs:
-        total = sum(raw_weights)
-        if total <= 0:
-            raise DataError(f"weight_field '{weight_field}': every weight is 0, cannot normalize to mean 1")
-        scale = len(pairs) / total
-        pairs = [replace(p, weight=p.weight * scale) for p in pairs]
+        weights, n_clipped = _scale_weights(raw_weights, weight_field, weight_clip)
+        pairs = [replace(p, weight=w) for p, w in zip(pairs, weights)]
+        top = max(range(len(weights)), key=weights.__getitem__)
+        stats.update(weight_max=weights[top], weights_clipped=n_clipped)
+        if weights[top] > WEIGHT_WARN_RATIO:
+            log.warning("%s: weight %r is %.3g times the mean weight of the %d pairs: that one pair dominates "
+                        "the loss%s", weight_locs[top], raw_weights[top], weights[top], len(pairs),
+                        "" if weight_clip is not None else
+                        " (weight_clip caps each weight at a multiple of the median weight)")
     stats.update(pairs=len(pairs), pairs_gold_chosen=n_gold, questions_with_pairs=n_with,
                  questions_without_pairs=len(groups) - n_with)
     return pairs
+
+
+def _scale_weights(raw: list[float], weight_field: str, clip: float | None) -> tuple[list[float], int]:
+    """(weights clipped at clip x median positive weight, then scaled to mean 1; how many were clipped)."""
+    n_clipped = 0
+    if clip is not None and any(w > 0 for w in raw):
+        cap = clip * statistics.median(w for w in raw if w > 0)
+        n_clipped = sum(w > cap for w in raw)
+        raw = [min(w, cap) for w in raw]
+    top = max(raw)
+    if top <= 0:
+        raise DataError(f"weight_field '{weight_field}': every weight is 0, cannot normalize to mean 1")
+    # Divide by the largest weight first: the sum of a few weights near 1e308 overflows to inf.
+    unit = [w / top for w in raw]
+    scale = len(unit) / math.fsum(unit)
+    return [u * scale for u in unit], n_clipped

@@ -5,6 +5,11 @@
 verifier and the reference model (what the sampling stage writes and AFT/DPO read). The group file
 schema is documented in docs/data.md; `read_groups` checks every field of every line, so a bad
 file fails at load time with `path:line: field 'x': ...` instead of deep inside a training step.
+
+Every line is decoded on its own (`iter_jsonl`): bytes that are not UTF-8, numbers JSON can write but
+Python cannot hold (`NaN`, `Infinity`, `1e999999`, integers over Python's 4,300-digit limit) are a
+bad record naming file, line and field, never a traceback or a silent "nan" answer. Writers are
+atomic (lnrl.atomic): a crash leaves the old file.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lnrl.utils import write_jsonl
+from lnrl.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +47,90 @@ def check_on_error(on_error: str) -> None:
 def iter_jsonl(path: str | Path, on_error: str = "raise", stats: dict | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; line numbers start at 1.
 
-    A line that is not a JSON object raises DataError, or with on_error="skip" is skipped and
-    counted in stats["skipped"].
+    A line that is not a JSON object, holds bytes that are not UTF-8 or a number Python cannot hold
+    (see `parse_line`) raises DataError, or with on_error="skip" is skipped and counted in
+    stats["skipped"]. A UTF-8 byte-order mark and CRLF line ends are fine.
     """
     check_on_error(on_error)
-    with open(path, encoding="utf-8") as f:
+    # surrogateescape: a bad byte becomes a lone surrogate in its own line, found and reported
+    # there, instead of a UnicodeDecodeError from the file iterator that names no line.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-                err = None if isinstance(obj, dict) else \
-                    DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            except json.JSONDecodeError as e:
-                err = DataError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})")
-            if err is not None:
+                obj = parse_line(line, where(path, lineno))
+            except DataError:
                 if on_error == "raise":
-                    raise err
+                    raise
                 if stats is not None:
                     stats["skipped"] = stats.get("skipped", 0) + 1
                 continue
             yield lineno, obj
+
+
+_BAD_BYTE_RE = re.compile("[\udc80-\udcff]")
+
+
+class _Unrepresentable:
+    """Stands in, during parsing, for a number Python cannot hold; `parse_line` reports its field."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def parse_line(line: str, loc: str) -> dict:
+    """One JSONL line (decoded with errors="surrogateescape") as a dict, or DataError naming loc."""
+    bad = _BAD_BYTE_RE.search(line)
+    if bad:
+        column = len(line[:bad.start()].encode("utf-8", "surrogateescape")) + 1
+        raise DataError(f"{loc}: not valid UTF-8: byte 0x{ord(bad.group()) - 0xDC00:02x} at column {column} "
+                        f"(re-save the file as UTF-8)")
+    found: list[_Unrepresentable] = []
+
+    def refuse(why: str) -> _Unrepresentable:
+        found.append(_Unrepresentable(why))
+        return found[-1]
+
+    def parse_float(text: str) -> Any:
+        value = float(text)
+        return value if math.isfinite(value) else refuse(f"{text} is not a finite number")
+
+    def parse_int(text: str) -> Any:
+        # int() of a longer digit string raises a ValueError that names no line (Python's guard
+        # against quadratic-time conversion).
+        digits, limit = len(text.lstrip("-")), sys.get_int_max_str_digits()
+        return refuse(f"integer with {digits} digits (Python reads at most {limit})") \
+            if limit and digits > limit else int(text)
+
+    try:
+        obj = json.loads(line, parse_float=parse_float, parse_int=parse_int,
+                         parse_constant=lambda text: refuse(f"{text} is not a finite number"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{loc}: malformed JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{loc}: malformed JSON: nested too deeply") from None
+    if isinstance(obj, _Unrepresentable):
+        raise DataError(f"{loc}: {obj.why}")
+    if found:
+        name, item = _find(obj, lambda v: isinstance(v, _Unrepresentable))
+        raise DataError(f"{loc}: field '{name}': {item.why}")
+    if not isinstance(obj, dict):
+        raise DataError(f"{loc}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _find(obj: Any, pred, prefix: str = "") -> tuple[str, Any]:
+    """(dotted field name, value) of the first value in obj for which pred holds."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        name = f"{prefix}[{k}]" if isinstance(k, int) else f"{prefix}.{k}" if prefix else str(k)
+        if pred(v):
+            return name, v
+        hit = _find(v, pred, name)
+        if hit[0]:
+            return hit
+    return "", None
 
 
 def warn_skipped(path: str | Path, stats: dict) -> None:
@@ -85,6 +155,9 @@ def get_field(obj: dict, name: str, typ: type | tuple[type, ...], loc: str, *, r
         raise DataError(f"{loc}: field '{full}': expected {_names(types)}, got bool")
     if not isinstance(value, types):
         raise DataError(f"{loc}: field '{full}': expected {_names(types)}, got {type(value).__name__}")
+    # NaN / inf (from a hub dataset, a .json list or a caller) are no answer, weight or score.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{loc}: field '{full}': expected a finite number, got {value}")
     if nonempty and isinstance(value, str) and not value.strip():
         raise DataError(f"{loc}: field '{full}': empty")
     return value
@@ -163,6 +236,9 @@ class GroupRecord:
     completions: list[Completion]
     gold_ref: tuple[float, int] | None = None
     provenance: dict = field(default_factory=dict)
+    # Where the group was read from ("path:line"), so that later errors (pairing, weights) can name
+    # the line; not written to files and not part of equality.
+    loc: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_correct(self) -> int:
@@ -212,6 +288,7 @@ def parse_group(obj: dict, loc: str) -> GroupRecord:
         completions=[parse_completion(c, loc, i) for i, c in enumerate(comps)],
         gold_ref=parse_ref(obj.get("gold_ref"), loc, "gold_ref"),
         provenance=get_field(obj, "provenance", dict, loc, required=False) or {},
+        loc=loc,
     )
 
 
@@ -245,4 +322,6 @@ def read_groups(path: str | Path, on_error: str = "raise", stats: dict | None = 
 
 def write_groups(path: str | Path, groups: Iterable[GroupRecord]) -> None:
     """Write groups as JSONL (one question per line), atomically: a crash leaves the old file."""
-    write_jsonl(path, (g.to_json() for g in groups))
+    with atomic_open(path, "w") as f:
+        for g in groups:
+            f.write(json.dumps(g.to_json(), ensure_ascii=False) + "\n")

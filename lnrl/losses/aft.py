@@ -3,12 +3,16 @@ Reasoners with Alignment", https://arxiv.org/abs/2309.02144 (Sec. 3).
 
 Each question (one `group_ids` value) has k sampled chains of thought, scored by the policy as
 s = normalize(log pi(c|q)) (the paper: mean over tokens). With positives P (correct answer) and
-negatives N:
+negatives N, the paper's alignment term and its two proposed constraints:
 
-    none       L_q = log(1 + sum_{p in P} sum_{n in N} exp(s_n - s_p))             (alignment term L_A)
-    detached   the same with s_n held constant: only positives are pushed (ablation)
+    none       L_q = log(1 + sum_{p in P} sum_{n in N} exp(s_n - s_p))             (alignment term L_A alone)
+    detached   the same with s_n held constant (stop-gradient): only positives are pushed up
     boundary   L_q = log(1 + sum_p sum_n [exp(s_n - s_p) + exp(T_p - s_n)]),
                B = min_{p in P} s_p - boundary,  T_p = 2B - s_p,   B and T_p held constant
+
+`detached` and `boundary` are the paper's constrained alignment losses (both keep negative scores
+from collapsing); `none` is the unconstrained ablation the paper uses to show that dropping the
+constraint degrades the model.
 
 For boundary, dL_q/ds_n = sum_p [exp(s_n - s_p) - exp(T_p - s_n)] / (1 + ...), and each bracket is 0
 exactly when s_n - s_p = T_p - s_n, i.e. s_n = (T_p + s_p)/2 = B. Sign convention: dL/ds_n > 0 for
@@ -25,8 +29,8 @@ L = mean of L_q over questions with at least two levels; the others are counted 
 
 Metrics: "scores/positive" and "scores/negative" (mean s; with ranks, positive = the question's best
 level), "aft/boundary" (mean B), "aft/below_boundary" (share of compared negatives with s_n < B),
-"aft/skipped_groups", "aft/groups". B is reported whatever the constraint, so the ablations can be
-compared on it.
+"aft/skipped_groups", "aft/groups". B is reported whatever the constraint, so the constraints and the
+unconstrained ablation can be compared on it.
 """
 
 from __future__ import annotations

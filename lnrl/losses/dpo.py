@@ -10,11 +10,17 @@ the reference pi_ref,
 
     h   = [s(y_c) - s_ref(y_c)] - [s(y_r) - s_ref(y_r)]
     l_i = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
-    L   = sum_i w_i l_i / sum_i w_i            (plain mean without weights)
+    L   = (1/B) sum_i w_i l_i                  (weight_norm="none", the default: plain mean when w_i = 1)
+    L   = sum_i w_i l_i / sum_i w_i            (weight_norm="batch": self-normalised within the batch)
+
+The data layer scales the weights to mean 1 over the whole data set, so with weight_norm="none" a
+pair of weight 2 counts twice as much as a pair of weight 1 whatever it is batched with. "batch"
+renormalises within each micro-batch, which cancels that scaling: with one pair per batch the
+weight has no effect, with two only their ratio matters.
 
 Mean-normalised DPO with every completion of length L equals summed DPO with beta / L.
 
-constraint="boundary" (this project's form of the AFT ablation for a ranking loss): add
+constraint="boundary" (this project's form of AFT's boundary constraint for a ranking loss): add
     log(1 + exp(T - s(y_r))),  B = s(y_c) - boundary,  T = 2B - s(y_c) = s(y_c) - 2 boundary,
 with B and T held constant (no gradient). The term's gradient on s(y_r) is -sigmoid(T - s(y_r)) < 0,
 so gradient descent raises a rejected score that falls far below the chosen one instead of letting
@@ -31,14 +37,24 @@ from lnrl.losses.registry import LossOutput, check_param, register_loss
 from lnrl.scoring import SeqScores, check_normalize, normalize
 
 
-def weighted_mean(per_example: Tensor, weights: Tensor | None, loss: str) -> Tensor:
-    """sum_i w_i l_i / sum_i w_i (plain mean when weights is None); 0, still in the graph, if all w_i = 0."""
+WEIGHT_NORMS = ("none", "batch")
+
+
+def weighted_mean(per_example: Tensor, weights: Tensor | None, loss: str, weight_norm: str = "none") -> Tensor:
+    """(1/B) sum_i w_i l_i ("none"), or sum_i w_i l_i / sum_i w_i ("batch"); the plain mean when weights
+    is None. "batch" gives 0, still in the graph, when every w_i = 0."""
     if weights is None:
         return per_example.mean()
     if weights.shape != per_example.shape:
         raise ValueError(f"loss {loss!r}: weights must be [B]={tuple(per_example.shape)}, got {tuple(weights.shape)}")
     w = weights.to(per_example.dtype)
+    if weight_norm == "none":
+        return (w * per_example).mean()
     return (w * per_example).sum() / w.sum().clamp(min=torch.finfo(w.dtype).tiny)
+
+
+def check_weight_norm(loss: str, weight_norm: str) -> str:
+    return check_param(loss, "weight_norm", weight_norm, weight_norm in WEIGHT_NORMS, " | ".join(WEIGHT_NORMS))
 
 
 def check_pairs(loss: str, needs_reference: bool, policy_chosen: SeqScores, policy_rejected: SeqScores,
@@ -72,7 +88,7 @@ class DPO:
     uses_weights = True
 
     def __init__(self, beta: float = 0.1, normalize: str = "sum", label_smoothing: float = 0.0,
-                 constraint: str = "none", boundary: float = 0.5):
+                 constraint: str = "none", boundary: float = 0.5, weight_norm: str = "none"):
         self.beta = float(check_param("dpo", "beta", beta, float(beta) > 0, "a number > 0"))
         self.normalize = check_normalize(normalize, "loss 'dpo': normalize")
         self.label_smoothing = float(check_param("dpo", "label_smoothing", label_smoothing,
@@ -80,6 +96,7 @@ class DPO:
         self.constraint = check_param("dpo", "constraint", constraint, constraint in ("none", "boundary"),
                                       "none or boundary")
         self.boundary = float(boundary)
+        self.weight_norm = check_weight_norm("dpo", weight_norm)
 
     def __call__(self, policy_chosen: SeqScores, policy_rejected: SeqScores, ref_chosen: SeqScores | None = None,
                  ref_rejected: SeqScores | None = None, weights: Tensor | None = None) -> LossOutput:
@@ -98,7 +115,7 @@ class DPO:
             per_example = per_example + term
             metrics["dpo/boundary_term"] = term.detach().mean()
             metrics["dpo/below_boundary"] = below.float().mean()
-        return LossOutput(weighted_mean(per_example, weights, "dpo"), per_example, metrics)
+        return LossOutput(weighted_mean(per_example, weights, "dpo", self.weight_norm), per_example, metrics)
 
 
 def boundary_term(s_chosen: Tensor, s_rejected: Tensor, boundary: float) -> tuple[Tensor, Tensor]:

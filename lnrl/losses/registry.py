@@ -5,8 +5,15 @@ instances are called on `SeqScores`. It declares what it needs so a method can r
 cannot feed:
 
     kind            "pairwise" (chosen/rejected pairs), "group" (k responses per question) or "token"
-    needs_reference whether it reads reference-model scores
+    needs_reference whether it reads reference-model scores (the methods' shared base serves them,
+                    cached or live, to any loss that says so)
     uses_weights    whether it honours per-example `weights`
+
+The call signature is fixed by `kind` (reference scores are passed only to losses that need them):
+
+    pairwise  (policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, weights=None)
+    group     (scores, group_ids, is_positive=None, ranks=None[, ref_scores])
+    token     (scores=[, ref_scores]) or (logits=, input_ids=, completion_mask=)
 
 `LOSSES` is derived from the registrations; `lnrl/losses/__init__.py` imports every module of the
 package, so a new loss file registers itself with no edit elsewhere.
@@ -32,7 +39,7 @@ IGNORED_KEYS = ("name", "_target_")  # present in a Hydra `loss:` node passed as
 
 class LossOutput(NamedTuple):
     loss: Tensor                 # scalar to backpropagate
-    per_example: Tensor          # [B] per pair / sequence ([G] per question for group losses)
+    per_example: Tensor          # [B] per pair / sequence / response ([G] per question for aft)
     metrics: dict[str, Tensor]   # detached scalars, named like TRL's ("rewards/chosen", ...)
 
 

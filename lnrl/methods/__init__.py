@@ -1,8 +1,21 @@
-"""One LightningModule per method; each arranges its batch, scores it and calls a registry loss."""
+"""LightningModules named for the batches they eat; each arranges its batch, scores it and combines
+registry losses (`base.LnrlModule`).
 
-from lnrl.methods.aft import AFTModule
-from lnrl.methods.base import LnrlModule
-from lnrl.methods.dpo import DPOModule, WeightedDPOModule
-from lnrl.methods.vft import VFTModule
+    SFTModule    SFT rows                 token losses (VFT)
+    PairModule   chosen/rejected pairs    pairwise losses (DPO, length-averaged DPO, IPO, SimPO, weighted DPO, RPO)
+    GroupModule  k responses per question group losses (AFT, KTO)
+"""
 
-__all__ = ["AFTModule", "DPOModule", "LnrlModule", "VFTModule", "WeightedDPOModule"]
+from lnrl.methods.base import LnrlModule, Objective, Term
+from lnrl.methods.groups import GroupModule
+from lnrl.methods.pairs import PairModule
+from lnrl.methods.sft import SFTModule
+
+# Former names, kept so configs that name them in `_target_` still work: the same classes.
+VFTModule = SFTModule
+DPOModule = PairModule
+WeightedDPOModule = PairModule  # weighted DPO is now a preset: conf/method/wdpo.yaml
+AFTModule = GroupModule
+
+__all__ = ["AFTModule", "DPOModule", "GroupModule", "LnrlModule", "Objective", "PairModule", "SFTModule", "Term",
+           "VFTModule", "WeightedDPOModule"]

@@ -1,87 +1,259 @@
-"""What every method shares: model construction, optimizer and schedule, scoring, logging.
+"""What every method shares: the model, reference scores, the objective, optimizer and schedule, logging.
 
-A method subclass says which batches it eats (`data_kind`) and which losses it can feed
-(`loss_kinds`), and writes `training_step`. The loop, precision, strategy and checkpointing
-belong to Lightning.
+A method is named for the batches it eats (`data_kind`: SFT rows, pairs or groups) and feeds the
+registry losses of one kind (`loss_kind`). Its objective is a weighted sum of registry losses,
+
+    L = loss(...) + sum_t weight_t * term_t(...)
+
+the primary `loss` (the `loss:` config group, weight 1) plus the extra terms of `method.extra_losses`,
+e.g. `{nll: {weight: 1.0}}`. An extra term is a loss of the module's own kind (same inputs as the
+primary) or a token loss on the module's SFT rows: the chosen side of pairs, the gold CoTs of
+groups, the rows themselves for SFT. Each term is logged as train/<term> (unweighted), the total as
+train/loss. A subclass arranges its batch into the inputs of each kind (`objective`); the loop,
+precision, strategy and checkpointing belong to Lightning.
+
+Reference scores go to every term whose registry spec says `needs_reference`, whatever the module:
+- `reference: cached` (default): per-response reference SeqScores stored in the group file by
+  `lnrl-refscores` (`ref_logp_sum` / `ref_n_tokens` in the batch), so no second model sits in memory
+  during a sweep;
+- `reference: live`: a frozen copy of the starting model, loaded like the policy (and sharded like it
+  under trainer=fsdp2), scored under no_grad. It is kept out of the module's registered children on
+  purpose: not checkpointed, not handed to the optimizer, not moved or wrapped by the strategy.
+`live_reference(rows)` is the one place a reference model scores rows: a PEFT/LoRA option would
+override it (and `configure_reference`) to score with the adapter disabled instead of a second copy.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import lightning.pytorch as pl
 import torch
+from torch import Tensor
 
 from lnrl.distributed import reduce_metrics, shard_for_trainer
-from lnrl.losses import build_loss
+from lnrl.losses import LossOutput, LossSpec, build_loss, check_compatible
 from lnrl.models import load_model, load_tokenizer
 from lnrl.scoring import SeqScores, sequence_logps
 
+REFERENCES = ("cached", "live")
+ROWS = ("input_ids", "attention_mask", "completion_mask")
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
-    """LR multiplier: linear warmup to 1, then cosine decay to min_lr_ratio (constant if min_lr_ratio == 1)."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(warmup_steps, 1)
-        progress = min(1.0, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
+
+class Term(NamedTuple):
+    name: str                      # logged as train/<name>
+    weight: float
+    fn: Callable[..., LossOutput]
+    spec: LossSpec
+
+
+class Objective(NamedTuple):
+    loss: Tensor                   # sum_t weight_t * terms[t]
+    terms: dict[str, Tensor]       # each term's unweighted value, the primary loss first
+    primary: LossOutput            # the `loss:` group's output
+    metrics: dict[str, Tensor]     # the primary's metrics, then the extra terms' (primary wins a clash)
+
+
+def build_factory(value: Any, key: str) -> tuple[Callable | None, dict]:
+    """(callable, its config) from a `_target_` + `_partial_: true` config (`conf/optim`, `conf/scheduler`)
+    or from the partial Hydra's recursive instantiation already made of it. Empty means none."""
+    from hydra.utils import instantiate
+
+    if not value:
+        return None, {}
+    if isinstance(value, functools.partial):
+        target = f"{value.func.__module__}.{value.func.__qualname__}"
+        return value, {"_target_": target, "_partial_": True, **value.keywords}
+    if isinstance(value, Mapping) and value.get("_target_"):
+        if not value.get("_partial_"):
+            raise ValueError(f"{key}: set {key}._partial_=true; the module calls it once the parameters "
+                             f"(and the number of steps) are known")
+        return instantiate(dict(value), _convert_="all"), dict(value)
+    raise ValueError(f"{key}: expected a `_target_` config with `_partial_: true` (lnrl/conf/{key}/*.yaml, "
+                     f"e.g. {key}=adamw | sgd for optim, cosine | constant for scheduler), got {value!r}. "
+                     f"`{key}.name` is no longer read: pick the config option instead")
 
 
 class LnrlModule(pl.LightningModule):
-    data_kind: ClassVar[str] = "sft"           # which batches the datamodule must serve
-    loss_kinds: ClassVar[tuple[str, ...]] = ()  # registry kinds this method can feed
+    data_kind: ClassVar[str] = "sft"         # which batches the datamodule serves: sft | pairs | groups
+    loss_kind: ClassVar[str] = "token"       # the registry kind of the primary loss
+    takes_weights: ClassVar[bool] = False    # the batches carry per-example weights (pairs)
 
-    def __init__(self, model: dict, loss: dict, optim: dict, scheduler: dict, tokenizer=None, **extra: Any):
+    def __init__(self, model: dict, loss: dict, optim: Any, scheduler: Any = None, tokenizer=None,
+                 reference: str = "cached", extra_losses: Mapping[str, Mapping] | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])
-        self.model_cfg, self.optim_cfg, self.scheduler_cfg = dict(model), dict(optim), dict(scheduler)
-        self.loss_fn = build_loss(**dict(loss))
-        kind = getattr(self.loss_fn, "kind", None)
-        if kind not in self.loss_kinds:
-            raise ValueError(
-                f"{type(self).__name__} cannot train with loss '{loss.get('name')}' (a {kind} loss); "
-                f"it feeds {', '.join(self.loss_kinds)} losses. Pick a matching method=... or loss=...")
+        self.save_hyperparameters(ignore=["tokenizer", "optim", "scheduler"])
+        self.optim_factory, optim_cfg = build_factory(optim, "optim")
+        self.scheduler_factory, scheduler_cfg = build_factory(scheduler, "scheduler")
+        if self.optim_factory is None:
+            raise ValueError("optim: missing; pick an optimizer config, e.g. optim=adamw")
+        self.hparams.update(optim=optim_cfg, scheduler=scheduler_cfg)  # checkpointed as configs, not objects
+        self.model_cfg = dict(model)
+        if reference not in REFERENCES:
+            raise ValueError(f"method.reference={reference!r}; expected one of {REFERENCES}")
+        self.reference = reference
+        self.terms = self.build_terms(loss, extra_losses or {})
+        self.loss_fn = self.terms[0].fn
+        # Which input kinds need reference scores: the subclass computes them only for those.
+        self.ref_kinds = {t.spec.kind for t in self.terms if t.spec.needs_reference}
+        self.needs_reference = bool(self.ref_kinds)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_cfg)
         self.model: torch.nn.Module | None = None
+        self._ref_model: tuple[torch.nn.Module, ...] = ()  # a tuple hides it from nn.Module registration
         # Held-out gold CoTs are scored by token NLL whatever the method, so val/loss compares across methods.
         self.nll_fn = build_loss("nll")
 
-    # -- model -------------------------------------------------------------------------------
+    # -- objective ---------------------------------------------------------------------------
+    def build_terms(self, loss: Mapping, extra_losses: Mapping[str, Mapping]) -> list[Term]:
+        """The primary loss (weight 1) and the extra terms, each checked by the registry against what
+        this module can feed (reference scores it can always serve: cached or live)."""
+        name = type(self).__name__
+        primary = build_loss(**dict(loss))
+        terms = [Term(primary.name, 1.0, primary,
+                      check_compatible(primary, kind=self.loss_kind, has_reference=True, method=name))]
+        for key, cfg in extra_losses.items():
+            cfg = dict(cfg or {})
+            weight = float(cfg.pop("weight", 1.0))
+            where = f"method.extra_losses.{key}"
+            if weight < 0:
+                raise ValueError(f"{where}.weight={weight}; must be >= 0")
+            if key == "loss" or key == terms[0].name:
+                raise ValueError(f"{where}: the name {key!r} is taken by "
+                                 f"{'the total' if key == 'loss' else 'the primary loss'} in the logs "
+                                 f"(train/{key}); name the term otherwise and give the loss as {where}.name")
+            fn = build_loss(cfg.pop("name", key), **cfg)
+            spec = check_compatible(fn, kind=(self.loss_kind, "token"), has_reference=True, method=f"{name} ({where})")
+            if weight > 0:  # a zero-weight term is not computed at all (AFT's sft_weight=0: no gold rows)
+                terms.append(Term(key, weight, fn, spec))
+        return terms
+
+    def has_term(self, kind: str) -> bool:
+        return any(t.spec.kind == kind for t in self.terms)
+
+    def objective(self, batch: dict[str, Tensor]) -> Objective:
+        """Score the batch and combine the terms; each subclass arranges its own batch."""
+        raise NotImplementedError
+
+    def combine(self, inputs: dict[str, dict], refs: dict[str, dict]) -> Objective:
+        """Call each term on the inputs of its kind (plus reference scores when it needs them) and sum."""
+        total, values, extra = None, {}, {}
+        primary: LossOutput | None = None
+        for t in self.terms:
+            out = t.fn(**inputs[t.spec.kind], **(refs[t.spec.kind] if t.spec.needs_reference else {}))
+            values[t.name] = out.loss
+            if primary is None:
+                primary, total = out, out.loss
+            else:
+                total = total + t.weight * out.loss
+                extra.update(out.metrics)
+        return Objective(total, values, primary, {**extra, **primary.metrics})
+
+    def batch_size(self, batch: dict[str, Tensor]) -> int:
+        """Examples in a batch (rows, pairs or groups), for averaging logged metrics."""
+        return batch["input_ids"].shape[0]
+
+    def training_step(self, batch, batch_idx):
+        obj = self.objective(batch)
+        self.log_metrics("train", {"loss": obj.loss, **obj.terms, **obj.metrics}, batch_size=self.batch_size(batch))
+        return obj.loss
+
+    # -- model and reference ------------------------------------------------------------------
     def configure_model(self) -> None:
         # Built here rather than in __init__ so sharded strategies can wrap it before it is materialised.
         if self.model is None:
             # Under trainer=fsdp2 this shards per decoder block; otherwise it returns the model as is.
             self.model = shard_for_trainer(load_model(self.model_cfg, self.tokenizer), self)
             self.model.train()  # from_pretrained returns eval mode; dropout is off either way
+        if self.reference == "live" and self.needs_reference and not self._ref_model:
+            self.configure_reference()
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              completion_mask: torch.Tensor) -> SeqScores:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return sequence_logps(logits, input_ids, completion_mask)
+    def configure_reference(self) -> None:
+        """Load the live reference: a frozen copy of the starting model."""
+        ref = load_model(self.model_cfg, self.tokenizer)
+        ref.eval()
+        ref.requires_grad_(False)
+        # Sharded like the policy under trainer=fsdp2; kept in a tuple so it stays out of
+        # state_dict, checkpoints and the optimizer.
+        self._ref_model = (shard_for_trainer(ref, self, frozen=True),)
 
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        return self._ref_model[0] if self._ref_model else None
+
+    def score(self, rows: Mapping[str, Tensor]) -> SeqScores:
+        """Policy SeqScores of right-padded rows (input_ids, attention_mask, completion_mask)."""
+        logits = self.model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
+        return sequence_logps(logits, rows["input_ids"], rows["completion_mask"])
+
+    def reference_scores(self, rows: Mapping[str, Tensor]) -> SeqScores:
+        """Reference SeqScores of `rows`: the cached `ref_logp_sum` / `ref_n_tokens` they carry, or live."""
+        if self.reference == "live":
+            return self.live_reference(rows)
+        if "ref_logp_sum" not in rows:
+            path = self.prefs_path()
+            raise ValueError(
+                f"{path}: some rows have no cached reference scores ('ref' on completions, 'gold_ref' on gold "
+                f"solutions used as responses); run lnrl-refscores first (lnrl-refscores input={path} "
+                f"model=<the starting model>), or train with method.reference=live")
+        return SeqScores(rows["ref_logp_sum"].float(), rows["ref_n_tokens"])
+
+    @torch.no_grad()
+    def live_reference(self, rows: Mapping[str, Tensor]) -> SeqScores:
+        """Score `rows` with the frozen reference. The override point for another reference source."""
+        ref = self.ref_model
+        if next(ref.parameters()).device != rows["input_ids"].device:
+            ref.to(rows["input_ids"].device)  # not a registered child, so Lightning does not move it
+        logits = ref(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
+        return sequence_logps(logits, rows["input_ids"], rows["completion_mask"])
+
+    def prefs_path(self) -> str:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return str(getattr(dm, "prefs_path", None) or "the preference file")
+
+    # -- data checks ---------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Lightning has set up the datamodule by now, and not yet built the model: fail before loading it.
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return
+        name = type(self).__name__
+        kind = getattr(dm, "kind", None)
+        if kind is not None and kind != self.data_kind:
+            raise ValueError(f"{name} trains on '{self.data_kind}' batches but the datamodule serves '{kind}'; "
+                             f"build it with kind={self.data_kind!r} (lnrl-train takes the kind from the method)")
+        weight_field = getattr(dm, "weight_field", None)
+        if weight_field and not self.takes_weights:
+            raise ValueError(f"data.weight_field={weight_field!r} gives per-pair weights, but {name} trains on "
+                             f"'{self.data_kind}' batches, which carry none; set data.weight_field=null")
+        if weight_field:
+            for t in self.terms:
+                if t.spec.kind == self.loss_kind:
+                    try:
+                        check_compatible(t.fn, kind=self.loss_kind, has_reference=True, has_weights=True, method=name)
+                    except ValueError as e:
+                        raise ValueError(f"{e} (data.weight_field={weight_field!r} gives per-pair weights; set "
+                                         f"data.weight_field=null to train unweighted)") from None
+
+    # -- validation ---------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out = self.nll_fn(logits=logits, input_ids=batch["input_ids"], completion_mask=batch["completion_mask"])
+        out = self.nll_fn(scores=self.score(batch))
         self.log_metrics("val", {"loss": out.loss}, batch_size=batch["input_ids"].shape[0])
 
-    # -- optimisation -----------------------------------------------------------------------
+    # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
-        cfg = self.optim_cfg
         # trainer.model: the (possibly sharded) module whose parameters the strategy manages.
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0),
-                                      betas=tuple(cfg.get("betas", (0.9, 0.999))), eps=cfg.get("eps", 1e-8))
-        sched = self.scheduler_cfg
+        optimizer = self.optim_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(sched.get("warmup_steps") or round(sched.get("warmup_ratio", 0.0) * total))
-        lam = warmup_cosine(total, warmup, float(sched.get("min_lr_ratio", 0.1)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # -- logging ----------------------------------------------------------------------------
-    def log_metrics(self, prefix: str, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+    # -- logging ------------------------------------------------------------------------------
+    def log_metrics(self, prefix: str, metrics: dict[str, Tensor], batch_size: int) -> None:
         """Log scalars averaged over the epoch/accumulation window and reduced across ranks."""
         # Reduced here, not by sync_dist: a metric some ranks lack this batch would hang sync_dist.
         for key, value in reduce_metrics(metrics).items():
@@ -93,7 +265,7 @@ class LnrlModule(pl.LightningModule):
         # Logged here (not with LearningRateMonitor) so it works with logger=none too.
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
-    def on_before_backward(self, loss: torch.Tensor) -> None:
+    def on_before_backward(self, loss: Tensor) -> None:
         # Stop before a NaN reaches the weights; OnExceptionCheckpoint then saves the intact state.
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -12,6 +12,13 @@ period, ``%`` and unit words after a number are dropped ("$1,000.50 dollars." ->
 Anything that is not a plain number (``\\frac{3}{4}``, ``2x+1``) is returned as written, minus
 the wrapping, for math-verify to judge.
 
+Powers are read as powers, never as their digits run together: ``2**3``, ``2^3``, ``2^{10}``,
+``(-2)^3``, ``10**-2`` (right-associative, binding tighter than a sign, as in Python and on paper)
+are exact numbers when the result has at most ``_MAX_POWER_DIGITS`` digits; a bigger one
+(``10**10**10``) is refused: not a number, and never handed to math-verify, whose sympy would
+try to evaluate it. ``**`` is markdown bold where it does not sit between two operands
+(``**12**`` -> ``12``).
+
 Equivalence (:func:`answers_match`) first compares exact rationals (``72 == 72.0 == 72.00``,
 ``1,000 == 1000``, ``3/4 == 0.75 == \\frac{3}{4}``); two plain numbers are decided there and then.
 Only when one side is not a plain number does it fall back to math-verify, guarded so it never
@@ -21,6 +28,7 @@ where signals work (the main thread); elsewhere the timeout-free path is taken.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from fractions import Fraction
@@ -42,7 +50,12 @@ EXTRACTION_KINDS = ("hashes", "answer_is", "boxed", "last_number", "none")
 _NUM = r"[-−]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
 # "last number" must not treat the "-" in "5-3" as a sign: a sign only counts at the start or
 # after a non-word, non-digit character.
-_LAST_NUM_RE = re.compile(r"(?:(?<![\w.)])[-−])?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+# An exponent written after it ("3^4", "2**10", "2^{10}") belongs to the number: the last number of
+# "there are 3^4 ways" is 3^4, not 4. A spaced "**" must be spaced on both sides ("2 ** 3"), so a
+# markdown bold closer followed by a number ("**1** 5") is not read as a power.
+_POWER_SUFFIX = r"(?:(?:\*\*|\s+\*\*\s+|\s*\^\s*)(?:\{\s*[-−]?\d+\s*\}|[-−]?\d+))*"
+_LAST_NUM_RE = re.compile(r"(?:(?<![\w.)])[-−])?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+                          + _POWER_SUFFIX)
 _HASHES_RE = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS_RE = re.compile(r"[Tt]he (?:final )?answer is[ \t]*:?[ \t]*([^\n]*)")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -57,12 +70,22 @@ _LATEX_FRAC_RE = re.compile(r"([-−]?)\\[dt]?frac\s*\{\s*([-−]?[\d.]+)\s*\}\s
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{[^{}]*\}")
 _LATEX_SPACE_RE = re.compile(r"\\[,;:! ]|\\q?quad")
 
-# Longest digit string we convert exactly; longer "numbers" are treated as not-a-number (Python
-# refuses int() of > 4300 digits, and nothing a model should answer needs more than this).
-_MAX_NUMBER_CHARS = 64
+# Largest power computed exactly, in digits of its numerator or denominator. 10**400 (401 digits) is
+# a number; 10**10**10 is refused before any arithmetic.
+_MAX_POWER_DIGITS = 1000
+# Longest number text read exactly; longer "numbers" are not numbers. Long enough that the canonical
+# text of any power read above re-reads (2**-3000 has 3,000 decimals), short enough that no digit
+# run reaches Python's 4,300-digit int() limit.
+_MAX_NUMBER_CHARS = 4 * _MAX_POWER_DIGITS
+_MAX_POWER_CHARS = 100
 _MAX_BOXED_CHARS = 1000
 # math-verify (sympy) can take seconds on long or adversarial strings: only short ones go there.
 _MAX_MATH_VERIFY_CHARS = 200
+# Before math-verify: the sum of all integer literals in exponents (sympy evaluates 10^{9999}
+# eagerly; 10^{10^{10}} would take hours), and the LaTeX commands an exponent may hold.
+_MAX_EXPONENT_TOTAL = 10_000
+_EXPONENT_COMMANDS = frozenset({"frac", "dfrac", "tfrac", "sqrt", "pi", "theta", "alpha", "beta", "gamma",
+                                "left", "right"})
 
 
 def _last_boxed(text: str) -> str | None:
@@ -91,7 +114,7 @@ def _strip_wrapping(s: str) -> str:
     boxed = _last_boxed(s)
     if boxed is not None:
         s = boxed.strip()
-    s = s.replace("\\$", "").replace("$", "").replace("**", "")
+    s = _strip_bold(s.replace("\\$", "").replace("$", ""))
     s = s.replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
     s = _TEXT_RE.sub("", s)
     s = _LATEX_SPACE_RE.sub("", s)
@@ -100,6 +123,23 @@ def _strip_wrapping(s: str) -> str:
     if s.upper().startswith("USD"):
         s = s[3:].strip()
     return s.rstrip(".,;!: \t")  # "72." -> "72"
+
+
+def _is_power_stars(s: str, start: int, end: int) -> bool:
+    """Whether the "**" at s[start:end] is a power: operands on both sides, either touching it
+    ("2**3", "x**2") or both spaced off ("2 ** 3"). A bold marker has text on one side only, or
+    a space on one side only ("is **18** apples")."""
+    left, right = s[start - 1 : start], s[end : end + 1]
+    if left == " " and right == " ":
+        left, right = s[:start].rstrip()[-1:], s[end:].lstrip()[:1]
+    return bool(left and right) and (left.isalnum() or left in ")}") and (right.isalnum() or right in "({-−+\\")
+
+
+def _strip_bold(s: str) -> str:
+    """Drop markdown bold ("**12**" -> "12") but keep "**" used as a power ("2**3")."""
+    if "**" not in s:
+        return s
+    return re.sub(r"\*\*", lambda m: m.group(0) if _is_power_stars(s, m.start(), m.end()) else "", s)
 
 
 def _clean(raw: str) -> str | None:
@@ -153,7 +193,9 @@ def extract_answer(text: str | None) -> str | None:
 def parse_number(s: str | None) -> Fraction | None:
     """Exact value of a plain number: "1,000", "$72.00", "3/4", "\\frac{3}{4}", "-5", "50%" (-> 50).
 
-    Returns None for anything else (expressions, text, numbers longer than 64 characters).
+    Powers are read as powers ("2**3", "2^{10}" -> 8, 1024) up to _MAX_POWER_DIGITS digits.
+    Returns None for anything else (expressions, text, bigger powers, numbers longer than
+    _MAX_NUMBER_CHARS characters).
     """
     if s is None:
         return None
@@ -162,6 +204,9 @@ def parse_number(s: str | None) -> Fraction | None:
     s = _strip_wrapping(s)
     if not s or len(s) > _MAX_NUMBER_CHARS:
         return None
+    if "^" in s or "**" in s:
+        # Short texts only: the parser recurses into brackets, and no power needs more.
+        return _PowerParser(s).parse() if len(s) <= _MAX_POWER_CHARS else None
     m = _LATEX_FRAC_RE.fullmatch(s)
     if m:
         try:
@@ -179,6 +224,82 @@ def parse_number(s: str | None) -> Fraction | None:
     if m:
         return Fraction(m.group(1).replace(",", "").replace("−", "-"))
     return None
+
+
+class _NotANumber(Exception):
+    pass
+
+
+class _PowerParser:
+    """Exact value of a plain number with powers: ``unary := sign? power``, ``power := atom
+    (("**" | "^") unary)?`` (right-associative), ``atom := digits | "(" number ")" | "{" number "}"``,
+    where a bracketed number is anything :func:`parse_number` reads. None for anything else."""
+
+    _DIGITS_RE = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+
+    def __init__(self, s: str) -> None:
+        self.s, self.i = s, 0
+
+    def parse(self) -> Fraction | None:
+        try:
+            value = self.unary()
+            self.skip()
+            return value if self.i == len(self.s) else None
+        except (_NotANumber, ZeroDivisionError, OverflowError, ValueError):
+            return None
+
+    def skip(self) -> None:
+        while self.i < len(self.s) and self.s[self.i] == " ":
+            self.i += 1
+
+    def unary(self) -> Fraction:
+        self.skip()
+        if self.i < len(self.s) and self.s[self.i] in "-−+":
+            negative = self.s[self.i] != "+"
+            self.i += 1
+            value = self.power()
+            return -value if negative else value
+        return self.power()
+
+    def power(self) -> Fraction:
+        base = self.atom()
+        self.skip()
+        if self.s.startswith("**", self.i) or self.s.startswith("^", self.i):
+            self.i += 2 if self.s[self.i] == "*" else 1
+            return _exact_power(base, self.unary())
+        return base
+
+    def atom(self) -> Fraction:
+        self.skip()
+        s, i = self.s, self.i
+        if i < len(s) and s[i] in "({":
+            close, depth = {"(": ")", "{": "}"}[s[i]], 0
+            for j in range(i, len(s)):
+                depth += (s[j] == s[i]) - (s[j] == close)
+                if depth == 0:
+                    inner = parse_number(s[i + 1 : j])
+                    if inner is None:
+                        raise _NotANumber
+                    self.i = j + 1
+                    return inner
+            raise _NotANumber  # unbalanced
+        m = self._DIGITS_RE.match(s, i)
+        if not m:
+            raise _NotANumber
+        self.i = m.end()
+        return Fraction(m.group(0))
+
+
+def _exact_power(base: Fraction, exp: Fraction) -> Fraction:
+    """base ** exp for an integer exponent whose result has at most _MAX_POWER_DIGITS digits;
+    the size is checked from logarithms first, so a huge power costs nothing to refuse."""
+    if exp.denominator != 1:
+        raise _NotANumber  # 4^0.5: not exact in general
+    e = abs(exp.numerator)
+    size = max(abs(base.numerator), base.denominator)
+    if size > 1 and e * math.log10(size) >= _MAX_POWER_DIGITS:  # >= that: more than that many digits
+        raise _NotANumber
+    return base ** exp.numerator  # ZeroDivisionError for 0 ** -1
 
 
 def _format_fraction(v: Fraction) -> str:
@@ -210,8 +331,60 @@ def normalize_number(s: str | None) -> str | None:
     return None if v is None else _format_fraction(v)
 
 
+_POWER_OP_RE = re.compile(r"\*\*|\^")
+_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
+
+
+def _group(s: str, i: int, step: int) -> tuple[int, int]:
+    """Span of the bracketed group starting at s[i] (step 1: "(" or "{" forwards; step -1: ")" or
+    "}" backwards), or of the token there when s[i] is no bracket."""
+    pairs = {"(": ")", "{": "}", ")": "(", "}": "{"}
+    if 0 <= i < len(s) and s[i] in pairs and (s[i] in "({") == (step == 1):
+        depth, j = 0, i
+        while 0 <= j < len(s):
+            depth += (s[j] == s[i]) - (s[j] == pairs[s[i]])
+            if depth == 0:
+                return (i, j + 1) if step == 1 else (j, i + 1)
+            j += step
+        return (i, len(s)) if step == 1 else (0, i + 1)
+    j = i
+    if step == 1 and j < len(s) and s[j] in "-−+":
+        j += 1
+    while 0 <= j < len(s) and (s[j].isalnum() or s[j] in ".\\"):
+        j += step
+    return (i, j) if step == 1 else (j + 1, i + 1)
+
+
+def _powers_too_big(s: str) -> bool:
+    """Whether an answer holds a power that sympy could not evaluate quickly: a power of a power
+    (10^10^10, 10^{10^{10}}, (10^{999})^{999}), an exponent that multiplies or uses LaTeX beyond
+    fractions and a few letters, or integer exponents adding up to more than _MAX_EXPONENT_TOTAL."""
+    total = 0
+    for m in _POWER_OP_RE.finditer(s):
+        left = m.start() - 1
+        while left >= 0 and s[left] == " ":
+            left -= 1
+        right = m.end()
+        while right < len(s) and s[right] == " ":
+            right += 1
+        base = s[slice(*_group(s, left, -1))]
+        exp_start, exp_end = _group(s, right, 1)
+        exp = s[exp_start:exp_end]
+        tower = _POWER_OP_RE.match(s[exp_end:].lstrip())  # 10^10^10 = 10^(10^10)
+        if tower or _POWER_OP_RE.search(base) or _POWER_OP_RE.search(exp) or re.search(r"[*!]", exp):
+            return True
+        if any(c not in _EXPONENT_COMMANDS for c in _COMMAND_RE.findall(exp)):
+            return True
+        total += sum(int(d) if len(d) <= 6 else _MAX_EXPONENT_TOTAL + 1 for d in re.findall(r"\d+", exp))
+        if total > _MAX_EXPONENT_TOTAL:
+            return True
+    return False
+
+
 def _math_verify_match(pred: str, reference: str) -> bool:
     if len(pred) > _MAX_MATH_VERIFY_CHARS or len(reference) > _MAX_MATH_VERIFY_CHARS:
+        return False
+    if _powers_too_big(pred) or _powers_too_big(reference):
         return False
     try:
         from math_verify import parse, verify

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from functools import lru_cache
@@ -61,6 +61,16 @@ __all__ = [
     "WRONGNESS_WEIGHTS",
     "ABSURDITY_WEIGHTS",
     "WHITELIST",
+    "DEGENERATE_AT",
+    "FinalAnswer",
+    "final_answer",
+    "answer_mismatch",
+    "numeric_gap",
+    "arithmetic_error",
+    "ungrounded_quantity",
+    "inconsistency",
+    "degeneracy",
+    "implausible_magnitude",
 ]
 
 VERIFIER_VERSION = "lnrl-mv-1"
@@ -122,6 +132,10 @@ ABSURDITY_WEIGHTS = {
 # minutes an hour, 0.01 / 100 per cent, 1000 per mille). Other conversions are grounded by their
 # unit word in the text ("week" -> 7, "month" -> 4 and 30, "year" -> 12, 52 and 365, ...).
 WHITELIST = frozenset({0.0, 0.01, 1.0, 2.0, 3.0, 4.0, 10.0, 12.0, 24.0, 60.0, 100.0, 1000.0})
+
+# A solution is degenerate when its degeneracy is at least this (no answer, truncated, looping or
+# garbage text): val/degenerate_rate, the samples' degenerate_rate and rank 2 of lnrl.preferences use it.
+DEGENERATE_AT = 0.5
 
 MAX_SOLUTION_CHARS = 20_000  # longer is degenerate; analysis looks at this much
 LONG_TOKEN_CHARS = 60  # no word or number of a solution needs 60 characters (annotations aside)
@@ -229,6 +243,183 @@ def _clip(x: float) -> float:
     return 0.0 if x <= 0.0 else 1.0 if x >= 1.0 else float(x)
 
 
+# --- pieces shared by the dimensions --------------------------------------------------------
+
+def final_statements(text: str) -> list[str]:
+    """Every "####" / "answer is" / boxed final answer of a text, in order."""
+    out = []
+    for rx in (_HASHES_RE, _ANSWER_IS_RE):
+        for raw in rx.findall(text):
+            a = _clean(raw)
+            if a is not None:
+                out.append(a)
+    if "boxed" in text or "fbox" in text:
+        b = _last_boxed(text)
+        if b is not None and (a := _clean(b)) is not None:
+            out.append(a)
+    return out
+
+
+def _answer_key(a: str) -> object:
+    v = parse_number(a)
+    return v if v is not None else a.replace(" ", "")
+
+
+def _repetition(text: str) -> float:
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    dup_lines = (len(lines) - len(set(lines))) / len(lines) if len(lines) >= 3 else 0.0
+    words = text.split()
+    if len(words) >= 2 * NGRAM:
+        grams = list(zip(*(words[i:] for i in range(NGRAM))))
+        rep = 1.0 - len(set(grams)) / len(grams)
+    else:
+        rep = 0.0
+    return _clip((max(dup_lines, rep) - REPEAT_LO) / (REPEAT_HI - REPEAT_LO))
+
+
+def _garbage(text: str) -> float:
+    # "#" is markup ("#### 72", "### Step 1"), not text; a share needs a few characters.
+    compact = _SPACE_RE.sub("", text).replace("#", "")
+    if not compact:
+        return 1.0 if text.strip() else 0.0  # only "#"s: garbage; empty: "no answer" says it
+    alnum = len(_ALNUM_RE.findall(compact)) / len(compact)
+    few_alnum = _clip((ALNUM_HI - alnum) / (ALNUM_HI - ALNUM_LO)) if len(compact) >= MIN_GARBAGE_CHARS else 0.0
+    # calculator annotations glue a whole computation into one token: not garbage
+    plain = _ANNOTATION_RE.sub("", text) if "<<" in text else text
+    long_chars = sum(len(t) for t in plain.split() if len(t) > LONG_TOKEN_CHARS)
+    long_tokens = _clip(2.0 * long_chars / len(compact))
+    return max(few_alnum, long_tokens)
+
+
+# --- one function per dimension (the module docstring defines each) ----------------------------
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    """The solution's final answer against the reference: what dimensions 1-2 and the magnitude judge."""
+
+    pred: str | None
+    extraction: str
+    pred_value: Fraction | None  # the answers as exact numbers, when both are plain numbers
+    ref_value: Fraction | None
+    matched: bool
+
+
+def final_answer(solution: str, reference: str) -> FinalAnswer:
+    pred, kind = extract_answer_with_kind(solution)
+    ref_v = _reference_value(reference)
+    pred_v = parse_number(pred) if pred is not None else None
+    if pred_v is not None and ref_v is not None:
+        matched = numbers_match(pred_v, ref_v)  # decided without math-verify
+    else:
+        matched = answers_match(pred, reference)
+    return FinalAnswer(pred, kind, pred_v, ref_v, matched)
+
+
+def answer_mismatch(final: FinalAnswer) -> float:
+    """1. 1 unless the final answer is equivalent to the reference."""
+    return 0.0 if final.matched else 1.0
+
+
+def numeric_gap(final: FinalAnswer) -> float:
+    """2. 0 on a match; else min(1, |slog(pred) - slog(ref)| / 2); 1 when either is not a plain number."""
+    if final.matched:
+        return 0.0
+    if final.pred_value is None or final.ref_value is None:
+        return 1.0
+    return _clip(abs(_slog(float(final.pred_value)) - _slog(float(final.ref_value))) / 2.0)
+
+
+def arithmetic_error(steps: Sequence[Step]) -> float:
+    """3. Wrong steps / checkable steps (0 without steps)."""
+    return sum(not s.ok for s in steps) / len(steps) if steps else 0.0
+
+
+def ungrounded_quantity(question: str, text: str, steps: Sequence[Step]) -> tuple[float, list[float], int]:
+    """4. (ungrounded operands over all operands of all steps, 0 without steps; those operands; the count).
+
+    Quantities seen so far: the question's, the solution text before the step, earlier steps'
+    computed and stated results, and the whitelist.
+    """
+    ungrounded: list[float] = []
+    n_operands = 0
+    if not steps:
+        return 0.0, ungrounded, n_operands
+    in_question = _question_keys(question)
+    results: set[float] = set()
+    first_seen: dict[float, int] | None = None  # quantity -> first offset in the solution
+    for s in steps:
+        for v in s.operands:
+            n_operands += 1
+            k = _key(v)
+            if k in in_question or k in WHITELIST or k in results:
+                continue
+            if first_seen is None:  # built only when needed: most operands are found above
+                first_seen = {}
+                for pos, q in _text_quantities(text):
+                    first_seen.setdefault(_key(q), pos)
+            if first_seen.get(k, len(text)) < s.start:
+                continue
+            ungrounded.append(v)
+        results.add(_key(s.value))
+        results.add(_key(s.stated_value))
+    return (len(ungrounded) / n_operands if n_operands else 0.0), ungrounded, n_operands
+
+
+def inconsistency(question: str, text: str, steps: Sequence[Step], final: FinalAnswer,
+                  statements: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """5. (max of the parts, the parts): `conflicting` final statements, and `final_vs_last`, the
+    answer disagreeing with the last step's result."""
+    distinct = {_answer_key(a) for a in statements}
+    conflicting = 1.0 if len(distinct) > 1 else 0.0
+    final_vs_last = 0.0
+    if steps and final.pred_value is not None:
+        last = steps[-1]
+        p = float(final.pred_value)
+        # "30% * 50% = 15%" then "#### 15", or "$0.90" then "how many cents? #### 90"
+        scales = (1.0, 100.0) if ("%" in text[last.start : last.end + 1] or "cent" in question) else (1.0,)
+        if not any(
+            result_matches(r * k, p, final.pred) for r in (last.stated_value, last.value) for k in scales
+        ):
+            # A conclusion after the last step may still derive the answer in words ("so 50 is
+            # cheaper", "3950 - 200 cases leaves 3750"): consistent when the answer is written
+            # there, outside the final-answer statements themselves.
+            tail = "\n".join(ln for ln in text[last.end :].split("\n") if not _is_final_line(ln))
+            key = _key(p)
+            if all(_key(v) != key for _, v in _text_quantities(tail)):
+                final_vs_last = 1.0
+    return max(conflicting, final_vs_last), {"final_vs_last": final_vs_last, "conflicting": conflicting}
+
+
+def degeneracy(text: str, pred: str | None, cut: bool) -> tuple[float, dict[str, float]]:
+    """6. (max of the parts, the parts): no answer, truncated (`cut`: the flag or over
+    MAX_SOLUTION_CHARS), repetition and garbage."""
+    parts = {
+        "no_answer": 1.0 if pred is None else 0.0,
+        "truncated": 1.0 if cut else 0.0,
+        "repetition": _repetition(text),
+        "garbage": _garbage(text),
+    }
+    return max(parts.values()), parts
+
+
+def implausible_magnitude(final: FinalAnswer) -> float:
+    """Absurdity only; judged on a mismatching numeric answer: 1 for a negative answer to a positive
+    reference, clip(|log10((|p|+1)/(|r|+1))| - 2) (0 up to a factor of 100, 1 from 1000), and at least
+    0.5 for a non-integer answer to a positive integer reference."""
+    pred_v, ref_v = final.pred_value, final.ref_value
+    if final.matched or pred_v is None or ref_v is None:
+        return 0.0
+    p, r = float(pred_v), float(ref_v)
+    if r > 0 and p < 0:
+        implausible = 1.0
+    else:
+        ratio = abs(math.log10((abs(p) + 1.0) / (abs(r) + 1.0)))
+        implausible = _clip(ratio - 2.0)
+    if r > 0 and ref_v.denominator == 1 and pred_v.denominator != 1:
+        implausible = max(implausible, 0.5)
+    return implausible
+
+
 @dataclass(frozen=True)
 class Analysis:
     """Everything the profile was computed from, for inspection and debugging."""
@@ -290,105 +481,28 @@ class MathVerifier:
         return out
 
     def analyze(self, question: str, solution: str, reference_answer: str, truncated: bool = False) -> Analysis:
+        """The profile and what it was computed from: one function per dimension (module docstring)."""
         question = question if isinstance(question, str) else ("" if question is None else str(question))
         solution = solution if isinstance(solution, str) else ("" if solution is None else str(solution))
         reference = reference_answer if isinstance(reference_answer, str) else str(reference_answer)
         overlong = len(solution) > MAX_SOLUTION_CHARS
         text = solution[:MAX_SOLUTION_CHARS]
 
-        # 1-2: the final answer against the reference.
-        pred, kind = extract_answer_with_kind(solution)
-        ref_v = _reference_value(reference)
-        pred_v = parse_number(pred) if pred is not None else None
-        if pred_v is not None and ref_v is not None:
-            matched = numbers_match(pred_v, ref_v)  # decided without math-verify
-        else:
-            matched = answers_match(pred, reference)
-        answer_mismatch = 0.0 if matched else 1.0
-        if matched:
-            numeric_gap = 0.0
-        elif pred_v is None or ref_v is None:
-            numeric_gap = 1.0
-        else:
-            numeric_gap = _clip(abs(_slog(float(pred_v)) - _slog(float(ref_v))) / 2.0)
-
-        # 3: arithmetic.
+        final = final_answer(solution, reference)
         steps = find_steps(text)
-        arithmetic_error = sum(not s.ok for s in steps) / len(steps) if steps else 0.0
-
-        # 4: grounding. Quantities seen so far: the question's, the solution text before the
-        # step, earlier steps' computed and stated results, and the whitelist.
-        ungrounded: list[float] = []
-        n_operands = 0
-        if steps:
-            in_question = _question_keys(question)
-            results: set[float] = set()
-            first_seen: dict[float, int] | None = None  # quantity -> first offset in the solution
-            for s in steps:
-                for v in s.operands:
-                    n_operands += 1
-                    k = _key(v)
-                    if k in in_question or k in WHITELIST or k in results:
-                        continue
-                    if first_seen is None:  # built only when needed: most operands are found above
-                        first_seen = {}
-                        for pos, q in _text_quantities(text):
-                            first_seen.setdefault(_key(q), pos)
-                    if first_seen.get(k, len(text)) < s.start:
-                        continue
-                    ungrounded.append(v)
-                results.add(_key(s.value))
-                results.add(_key(s.stated_value))
-        ungrounded_quantity = len(ungrounded) / n_operands if n_operands else 0.0
-
-        # 5: consistency.
-        statements = self._final_statements(text)
-        distinct = {self._answer_key(a) for a in statements}
-        conflicting = 1.0 if len(distinct) > 1 else 0.0
-        final_vs_last = 0.0
-        if steps and pred_v is not None:
-            last = steps[-1]
-            p = float(pred_v)
-            # "30% * 50% = 15%" then "#### 15", or "$0.90" then "how many cents? #### 90"
-            scales = (1.0, 100.0) if ("%" in text[last.start : last.end + 1] or "cent" in question) else (1.0,)
-            if not any(
-                result_matches(r * k, p, pred) for r in (last.stated_value, last.value) for k in scales
-            ):
-                # A conclusion after the last step may still derive the answer in words ("so 50 is
-                # cheaper", "3950 - 200 cases leaves 3750"): consistent when the answer is written
-                # there, outside the final-answer statements themselves.
-                tail = "\n".join(ln for ln in text[last.end :].split("\n") if not _is_final_line(ln))
-                key = _key(p)
-                if all(_key(v) != key for _, v in _text_quantities(tail)):
-                    final_vs_last = 1.0
-        inconsistency = max(conflicting, final_vs_last)
-
-        # 6: degeneracy.
-        repetition = self._repetition(text)
-        garbage = self._garbage(text)
-        no_answer = 1.0 if pred is None else 0.0
-        cut = 1.0 if (truncated or overlong) else 0.0
-        degeneracy = max(no_answer, cut, repetition, garbage)
-
-        # implausible magnitude (absurdity only); judged on a mismatching numeric answer.
-        implausible = 0.0
-        if not matched and pred_v is not None and ref_v is not None:
-            p, r = float(pred_v), float(ref_v)
-            if r > 0 and p < 0:
-                implausible = 1.0
-            else:
-                ratio = abs(math.log10((abs(p) + 1.0) / (abs(r) + 1.0)))
-                implausible = _clip(ratio - 2.0)  # 0 up to a factor of 100, 1 from 1000
-            if r > 0 and ref_v.denominator == 1 and pred_v.denominator != 1:
-                implausible = max(implausible, 0.5)
+        statements = final_statements(text)
+        ungrounded_share, ungrounded, n_operands = ungrounded_quantity(question, text, steps)
+        inconsistent, consistency_parts = inconsistency(question, text, steps, final, statements)
+        degenerate, degeneracy_parts = degeneracy(text, final.pred, cut=truncated or overlong)
+        implausible = implausible_magnitude(final)
 
         dims = {
-            "answer_mismatch": answer_mismatch,
-            "numeric_gap": numeric_gap,
-            "arithmetic_error": arithmetic_error,
-            "ungrounded_quantity": ungrounded_quantity,
-            "inconsistency": inconsistency,
-            "degeneracy": degeneracy,
+            "answer_mismatch": answer_mismatch(final),
+            "numeric_gap": numeric_gap(final),
+            "arithmetic_error": arithmetic_error(steps),
+            "ungrounded_quantity": ungrounded_share,
+            "inconsistency": inconsistent,
+            "degeneracy": degenerate,
         }
         wrongness = sum(w * dims[k] for k, w in WRONGNESS_WEIGHTS.items())
         extra = dict(dims, implausible_magnitude=implausible)
@@ -396,65 +510,11 @@ class MathVerifier:
         prof = ErrorProfile(**dims, wrongness=_clip(round(wrongness, 12)), absurdity=_clip(round(absurdity, 12)))
         return Analysis(
             profile=prof,
-            pred=pred,
-            extraction=kind,
+            pred=final.pred,
+            extraction=final.extraction,
             steps=tuple(steps),
             ungrounded=tuple(ungrounded),
             n_operands=n_operands,
             final_statements=tuple(statements),
-            components={
-                "final_vs_last": final_vs_last,
-                "conflicting": conflicting,
-                "no_answer": no_answer,
-                "truncated": cut,
-                "repetition": repetition,
-                "garbage": garbage,
-                "implausible_magnitude": implausible,
-            },
+            components={**consistency_parts, **degeneracy_parts, "implausible_magnitude": implausible},
         )
-
-    # --- pieces -----------------------------------------------------------------------------
-    @staticmethod
-    def _final_statements(text: str) -> list[str]:
-        out = []
-        for rx in (_HASHES_RE, _ANSWER_IS_RE):
-            for raw in rx.findall(text):
-                a = _clean(raw)
-                if a is not None:
-                    out.append(a)
-        if "boxed" in text or "fbox" in text:
-            b = _last_boxed(text)
-            if b is not None and (a := _clean(b)) is not None:
-                out.append(a)
-        return out
-
-    @staticmethod
-    def _answer_key(a: str) -> object:
-        v = parse_number(a)
-        return v if v is not None else a.replace(" ", "")
-
-    @staticmethod
-    def _repetition(text: str) -> float:
-        lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
-        dup_lines = (len(lines) - len(set(lines))) / len(lines) if len(lines) >= 3 else 0.0
-        words = text.split()
-        if len(words) >= 2 * NGRAM:
-            grams = list(zip(*(words[i:] for i in range(NGRAM))))
-            rep = 1.0 - len(set(grams)) / len(grams)
-        else:
-            rep = 0.0
-        return _clip((max(dup_lines, rep) - REPEAT_LO) / (REPEAT_HI - REPEAT_LO))
-
-    @staticmethod
-    def _garbage(text: str) -> float:
-        # "#" is markup ("#### 72", "### Step 1"), not text; a share needs a few characters.
-        compact = _SPACE_RE.sub("", text).replace("#", "")
-        if not compact:
-            return 1.0 if text.strip() else 0.0  # only "#"s: garbage; empty: "no answer" says it
-        alnum = len(_ALNUM_RE.findall(compact)) / len(compact)
-        few_alnum = _clip((ALNUM_HI - alnum) / (ALNUM_HI - ALNUM_LO)) if len(compact) >= MIN_GARBAGE_CHARS else 0.0
-        # calculator annotations glue a whole computation into one token: not garbage
-        plain = _ANNOTATION_RE.sub("", text) if "<<" in text else text
-        long_chars = sum(len(t) for t in plain.split() if len(t) > LONG_TOKEN_CHARS)
-        long_tokens = _clip(2.0 * long_chars / len(compact))
-        return max(few_alnum, long_tokens)

@@ -1,11 +1,7 @@
-"""lnrl-sample: k chains of thought per question from a policy, graded and profiled, as group records.
+"""Sampling: k chains of thought per question from a policy, graded and profiled, as group records.
 
-    lnrl-sample model=hf model.path=<vft run>/hf_model k=8 n_questions=512
-    lnrl-sample ckpt_path=<run>/checkpoints/last.ckpt                # any Lightning checkpoint of lnrl
-    lnrl-sample ... split=eval out_dir=outputs/candidates           # held-out candidates (assessment)
-
-Output (docs/pipeline.md): `<out_dir>/shards/shard-NNNNN.jsonl` written as sampling goes, then the
-merged `<out_dir>/groups.jsonl` (the group schema of docs/data.md) and `<out_dir>/stats.json`.
+`sample_to_dir` (the lnrl-sample app) writes `<out_dir>/shards/shard-NNNNN.jsonl` as sampling goes,
+then the merged `<out_dir>/groups.jsonl` (the group schema of docs/data.md) and `<out_dir>/stats.json`.
 
 Resumable and reproducible: shards are fixed chunks of the question list (not of what remains),
 and shard i is sampled with a seed derived from (seed, id of its first question). A re-run skips
@@ -22,17 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
-import torch
-from omegaconf import DictConfig
-
 from lnrl.data.records import Completion, DataError, Example, GroupRecord, read_groups, write_groups
-from lnrl.data.sources import build_source
 from lnrl.generation import Generation, generate
-from lnrl.models import load_model, load_tokenizer
-from lnrl.refscores import pick_device
-from lnrl.utils import to_dict, write_json
+from lnrl.utils import write_json
 from lnrl.verify import MathVerifier, answers_match, extract_answer
+from lnrl.verify.profile import DEGENERATE_AT
 
 log = logging.getLogger(__name__)
 
@@ -45,34 +35,6 @@ def shard_seed(seed: int, question_id: str) -> int:
     """A 31-bit seed from (seed, question id): stable across processes, unlike hash()."""
     digest = hashlib.sha256(f"{seed}/{question_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF
-
-
-def load_policy(model_cfg: Mapping[str, Any], ckpt_path: str | None = None):
-    """(model, tokenizer, provenance name) from a model config or an lnrl Lightning checkpoint.
-
-    A checkpoint carries the model config it was trained from (`lnrl_model_cfg`, else the module's
-    hyper-parameters); the model is built from it and the `model.*` weights loaded on top.
-    """
-    if not ckpt_path:
-        tokenizer = load_tokenizer(model_cfg)
-        return load_model(model_cfg, tokenizer), tokenizer, str(model_cfg.get("name") or model_cfg.get("path"))
-    path = Path(ckpt_path)
-    if path.is_dir():
-        raise ValueError(f"ckpt_path={path} is a directory (a sharded checkpoint?); convert it with lnrl-export "
-                         f"and sample with model=hf model.path=<export dir>")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    ckpt_model_cfg = ckpt.get("lnrl_model_cfg") or ckpt.get("hyper_parameters", {}).get("model")
-    if not ckpt_model_cfg:
-        raise ValueError(f"{path}: no lnrl_model_cfg or hyper_parameters.model; is this an lnrl checkpoint?")
-    tokenizer = load_tokenizer(ckpt_model_cfg)
-    model = load_model(ckpt_model_cfg, tokenizer)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model of its config: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
-    return model, tokenizer, f"{ckpt_model_cfg.get('name') or ckpt_model_cfg.get('path')}@{path}"
 
 
 def grade(verifier: MathVerifier, example: Example, gens: Sequence[Generation]) -> tuple[list[Completion], int]:
@@ -112,7 +74,7 @@ def sample_shard(model, tokenizer, verifier: MathVerifier, examples: Sequence[Ex
     return groups
 
 
-def group_stats(groups: Sequence[GroupRecord], degenerate_at: float = 0.5) -> dict[str, float]:
+def group_stats(groups: Sequence[GroupRecord], degenerate_at: float = DEGENERATE_AT) -> dict[str, float]:
     """What a group file holds: counts and shares over its completions and questions."""
     comps = [c for g in groups for c in g.completions]
     n = max(len(comps), 1)
@@ -186,30 +148,3 @@ def sample_to_dir(model, tokenizer, examples: Sequence[Example], out_dir: str | 
     write_json(out / "stats.json", stats)
     log.info("sample: %s -> %s", stats, out / "groups.jsonl")
     return all_groups
-
-
-def sample(cfg: DictConfig) -> list[GroupRecord] | None:
-    """The lnrl-sample stage from a composed `sample.yaml` config."""
-    split = build_source(to_dict(cfg.data.source), on_error=cfg.data.get("on_error"))
-    if cfg.split not in ("train", "eval"):
-        raise ValueError(f"split={cfg.split!r}; expected train or eval")
-    examples = split.train if cfg.split == "train" else split.eval
-    examples = examples[: cfg.n_questions or None]
-    model, tokenizer, name = load_policy(to_dict(cfg.model), cfg.get("ckpt_path"))
-    model.to(pick_device(cfg.device))
-    provenance = {"model": name, "checkpoint": cfg.get("ckpt_path"), "source": cfg.data.source.name,
-                  "split": cfg.split}
-    return sample_to_dir(model, tokenizer, examples, cfg.out_dir, k=cfg.k, temperature=cfg.temperature,
-                         top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                         batch_size=cfg.batch_size, shard_size=cfg.shard_size,
-                         system_prompt=cfg.data.get("system_prompt"), provenance=provenance,
-                         max_shards=cfg.get("max_shards"))
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
-def main(cfg: DictConfig) -> None:
-    sample(cfg)
-
-
-if __name__ == "__main__":
-    main()

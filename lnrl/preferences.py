@@ -1,8 +1,6 @@
-"""lnrl-prefs: preference records from sampled groups — ranks, pair weights, cached reference scores.
+"""Preference records from sampled groups: ranks, pair weights, cached reference scores.
 
-    lnrl-prefs input=outputs/demo/sample/groups.jsonl model=hf model.path=outputs/demo/vft/hf_model
-
-Reads `lnrl-sample` output and writes to `out_dir`:
+`build_prefs` (the lnrl-prefs app) reads `lnrl-sample` output and writes to `out_dir`:
 - `groups.jsonl`     every group with, on each completion, `rank` (for AFT's ranking variant),
                      `profile.pair_weight` (for weighted DPO) and `ref` (+ `gold_ref`): the
                      reference model's cached SeqScores. DPO-style methods read it with a pairing
@@ -14,7 +12,7 @@ Reads `lnrl-sample` output and writes to `out_dir`:
 - `stats.json`       counts: pairs per rule, gold used, ranks, weights.
 
 Ranks (1 = best): 1 correct; 2 incorrect but near: wrongness < `near_wrongness` and degeneracy
-< 0.5 (a well-formed solution with a wrong answer); 3 every other incorrect completion.
+< DEGENERATE_AT (0.5; a well-formed solution with a wrong answer); 3 every other incorrect completion.
 
 Pair weight of a rejected completion r, from its verifier profile (docs/pipeline.md):
 
@@ -34,19 +32,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
 from lnrl.data.pairs import PAIRING_RULES, make_pairs
 from lnrl.data.records import Completion, GroupRecord, read_groups, write_groups
-from lnrl.models import load_model, load_tokenizer
-from lnrl.refscores import model_id, pick_device, score_file
-from lnrl.utils import to_dict, write_json, write_jsonl
+from lnrl.reference import score_file
+from lnrl.utils import write_json, write_jsonl
 from lnrl.verify import MathVerifier
+from lnrl.verify.profile import DEGENERATE_AT
 
 log = logging.getLogger(__name__)
-
-DEGENERATE_AT = 0.5
 
 
 def pair_weight(profile: Mapping[str, float] | None, w_min: float = 0.05) -> float:
@@ -115,7 +108,7 @@ def build_prefs(groups: Sequence[GroupRecord], out_dir: str | Path, *, ref_model
     """Write groups.jsonl, groups_aft.jsonl, pairs.jsonl and stats.json to out_dir (module docstring).
 
     With `ref_model` (and its tokenizer) every completion and gold CoT gets cached reference
-    scores via lnrl.refscores (resumable: groups already scored with the same model are kept).
+    scores via lnrl.reference (resumable: groups already scored with the same model are kept).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,27 +148,3 @@ def build_prefs(groups: Sequence[GroupRecord], out_dir: str | Path, *, ref_model
     write_json(out / "stats.json", stats)
     log.info("prefs: %s", stats)
     return stats
-
-
-def prefs(cfg: DictConfig) -> dict:
-    """The lnrl-prefs stage from a composed `prefs.yaml` config."""
-    groups = read_groups(cfg.input)
-    model = tokenizer = name = None
-    if cfg.refscores:
-        model_cfg = to_dict(cfg.model)
-        tokenizer = load_tokenizer(model_cfg)
-        model = load_model(model_cfg, tokenizer).to(pick_device(cfg.device))
-        name = model_id(model_cfg)
-    return build_prefs(groups, cfg.out_dir, ref_model=model, tokenizer=tokenizer, ref_model_name=name,
-                       max_length=cfg.data.max_length, system_prompt=cfg.data.get("system_prompt"),
-                       batch_size=cfg.batch_size, pairing=cfg.data.pairing, gold_as_chosen=cfg.data.gold_as_chosen,
-                       gold_as_positive=cfg.gold_as_positive, near_wrongness=cfg.near_wrongness, w_min=cfg.w_min)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="prefs")
-def main(cfg: DictConfig) -> None:
-    prefs(cfg)
-
-
-if __name__ == "__main__":
-    main()

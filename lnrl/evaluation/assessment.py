@@ -10,8 +10,8 @@ length-normalized log-likelihood s(c) = (1/|c|) sum_t log p(c_t | q, c_<t),
 Candidates are group records (docs/data.md), e.g. `lnrl-sample split=eval` output: a fixed file
 lets every model be judged on the same CoTs. With `include_gold` the gold solution joins P_q, so a
 question with no correct sample still yields pairs (small models rarely sample a correct CoT).
-Rows are tokenized as training does (`lnrl.data.tokenize.encode`) and scored with
-`lnrl.scoring.sequence_logps`.
+Rows are tokenized as training does (`lnrl.data.tokenize.encode`) and scored by
+`lnrl.scoring.score_rows`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from lnrl.data.collate import SFTCollator
 from lnrl.data.records import GroupRecord
 from lnrl.data.tokenize import encode
+from lnrl.scoring import SeqScores, score_rows
 from lnrl.scoring import normalize as normalize_scores
-from lnrl.scoring import sequence_logps
 
 
-@torch.no_grad()
 def score_texts(model, tokenizer, items: Sequence[tuple[str, str]], *, normalize: str = "mean",
                 batch_size: int = 8, max_length: int = 512, system_prompt: str | None = None,
                 progress: bool = False) -> list[float | None]:
@@ -37,21 +34,18 @@ def score_texts(model, tokenizer, items: Sequence[tuple[str, str]], *, normalize
 
     Overlong completions are truncated as in training, so s(c) covers the tokens training would see.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     rows = [encode(tokenizer, q, c, max_length, system_prompt=system_prompt) for q, c in items]
-    order = sorted((i for i, r in enumerate(rows) if r is not None), key=lambda i: len(rows[i]["input_ids"]))
-    collate = SFTCollator(tokenizer.pad_token_id)
+    raw = score_rows(model, rows, pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress,
+                     desc="eval: assessment")
+    kept = [i for i, s in enumerate(raw) if s is not None]
     out: list[float | None] = [None] * len(items)
-    for start in tqdm(range(0, len(order), batch_size), desc="eval: assessment", disable=not progress):
-        idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        scores = normalize_scores(sequence_logps(logits, batch["input_ids"], batch["completion_mask"]), normalize)
-        for i, s in zip(idx, scores.tolist()):
-            out[i] = float(s)
-    model.train(was_training)
+    if not kept:
+        return out
+    # Normalized in float32 by lnrl.scoring.normalize, as training normalizes its scores.
+    scores = SeqScores(torch.tensor([raw[i][0] for i in kept], dtype=torch.float32),
+                       torch.tensor([raw[i][1] for i in kept], dtype=torch.long))
+    for i, s in zip(kept, normalize_scores(scores, normalize).tolist()):
+        out[i] = float(s)
     return out
 
 

@@ -1,17 +1,14 @@
-"""lnrl-refscores: cache the reference model's scores of every completion in a group file.
-
-    lnrl-refscores input=groups.jsonl                          # embedded model, overwrite in place
-    lnrl-refscores input=groups.jsonl output=scored.jsonl model=hf model.path=<run>/hf_model
+"""Cached reference scores: the reference model's scores of every completion in a group file.
 
 DPO-style losses compare the policy with a frozen reference. Scoring the reference once per data
 set and storing `SeqScores(logp_sum, n_tokens)` in the records (`ref` on each completion,
 `gold_ref` for the gold solution) keeps a second model out of memory for a whole sweep.
 
 Rows are tokenized exactly as the training datamodule does (`lnrl.data.tokenize`), so a cached ref
-equals what a live reference would compute for the same row; use the training run's
-`data.max_length` and `data.system_prompt`. Resumable: groups whose provenance already records
-this model and these settings are skipped, and work is written every `chunk_size` groups
-(atomically), so a kill loses at most one chunk.
+equals what a live reference would compute for the same row; the lnrl-refscores and lnrl-prefs
+apps take `max_length` and `system_prompt` from the `data` config training reads. Resumable:
+groups whose provenance already records this model and these settings are skipped, and work is
+written every `chunk_size` groups (atomically), so a kill loses at most one chunk.
 """
 
 from __future__ import annotations
@@ -22,17 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import hydra
-import torch
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from lnrl.data.collate import pad_rows
 from lnrl.data.records import GroupRecord, read_groups, write_groups
 from lnrl.data.tokenize import encode_completion, encode_prompt, join
-from lnrl.models import load_model, load_tokenizer
-from lnrl.scoring import sequence_logps
-from lnrl.utils import to_dict
+from lnrl.scoring import score_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,38 +45,26 @@ def is_scored(group: GroupRecord, settings: Mapping[str, Any]) -> bool:
     return all(group.provenance.get(k) == v for k, v in settings.items())
 
 
-@torch.no_grad()
 def compute_ref_scores(model, tokenizer, groups: Sequence[GroupRecord], batch_size: int = 8,
                        max_length: int = 512, system_prompt: str | None = None,
                        progress: bool = False) -> list[GroupRecord]:
     """Return copies of `groups` with `ref` on every completion and `gold_ref` filled.
 
     A row whose prompt alone fills max_length can never be trained on (the datamodule drops it);
-    it gets no ref. Rows are sorted by length so batches carry little padding.
+    it gets no ref.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    rows: list[tuple[int, int, dict]] = []  # (group index, member index or GOLD, encoded row)
+    keys: list[tuple[int, int]] = []  # (group index, member index or GOLD) of each row
+    rows: list[dict | None] = []
     for gi, g in enumerate(groups):
         prompt = encode_prompt(tokenizer, g.question, system_prompt)
         texts = [(GOLD, g.gold_solution)] + [(ci, c.text) for ci, c in enumerate(g.completions)]
         for ci, text in texts:
-            row = join(prompt, encode_completion(tokenizer, text), max_length, "truncate")
-            if row is not None:
-                rows.append((gi, ci, row))
-    rows.sort(key=lambda r: len(r[2]["input_ids"]))
-
-    scores: dict[tuple[int, int], tuple[float, int]] = {}
-    for start in tqdm(range(0, len(rows), batch_size), desc="refscores", disable=not progress, leave=False):
-        chunk = rows[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_rows([r[2] for r in chunk], tokenizer.pad_token_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        s = sequence_logps(logits, batch["input_ids"], batch["completion_mask"])
-        for (gi, ci, _), lp, n in zip(chunk, s.logp_sum.tolist(), s.n_tokens.tolist()):
-            scores[gi, ci] = (min(float(lp), 0.0), int(n))  # min: a rounding error must not give log p > 0
-    model.train(was_training)
-
+            keys.append((gi, ci))
+            rows.append(join(prompt, encode_completion(tokenizer, text), max_length, "truncate"))
+    scored = score_rows(model, rows, pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress,
+                        desc="refscores")
+    # min: a rounding error must not give log p > 0
+    scores = {key: (min(s[0], 0.0), s[1]) for key, s in zip(keys, scored) if s is not None}
     return [replace(g, gold_ref=scores.get((gi, GOLD)),
                     completions=[replace(c, ref=scores.get((gi, ci))) for ci, c in enumerate(g.completions)])
             for gi, g in enumerate(groups)]
@@ -121,29 +100,3 @@ def score_file(model, tokenizer, input: str | Path, output: str | Path | None = 
     if not todo and output != input:  # nothing to score: output still gets the (scored) groups
         write_groups(output, groups)
     return {"groups": len(groups), "scored": len(todo), "skipped": len(groups) - len(todo)}
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def refscores(cfg: DictConfig) -> dict[str, int]:
-    model_cfg = to_dict(cfg.model)
-    tokenizer = load_tokenizer(model_cfg)
-    model = load_model(model_cfg, tokenizer).to(pick_device(cfg.device))
-    counts = score_file(model, tokenizer, cfg.input, cfg.get("output"), ref_model=model_id(model_cfg),
-                        batch_size=cfg.batch_size, max_length=cfg.max_length, system_prompt=cfg.get("system_prompt"),
-                        chunk_size=cfg.chunk_size)
-    log.info("refscores: %s -> %s: %s", cfg.input, cfg.get("output") or cfg.input, counts)
-    return counts
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="refscores")
-def main(cfg: DictConfig) -> None:
-    refscores(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -18,10 +18,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lnrl.apps import CONF
 from lnrl.callbacks import GenerationEval
 from lnrl.dashboard import name_wandb_run
-from lnrl.export import export_module
-from lnrl.models import load_tokenizer
+from lnrl.models import export_module, load_tokenizer
 from lnrl.sweep import run_point
 from lnrl.utils import build_all, build_datamodule, to_dict, write_json
 
@@ -39,9 +39,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg, tokenizer)
     module = instantiate(cfg.method, model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
                          scheduler=to_dict(cfg.scheduler), tokenizer=tokenizer, _convert_="all")
-    if datamodule.kind != module.data_kind:
-        raise ValueError(f"method {type(module).__name__} trains on '{module.data_kind}' batches but "
-                         f"data.kind={datamodule.kind!r}; the method config should set data.kind")
+    datamodule.use_kind(module.data_kind, method=type(module).__name__)  # the kind's home: the module class
 
     evaluator = GenerationEval(**cfg.eval)
     loggers = build_all(name_wandb_run(cfg.get("logger"), cfg))  # wandb group/name/tags from the sweep point
@@ -76,7 +74,7 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # A failing run writes failed.json; in a multirun (-m) the sweep then goes on with the next point.
     metrics = run_point(train, cfg)
