@@ -1,4 +1,4 @@
-# Two commands set everything up: `make demo` and `make test`.
+# Two commands set everything up: `make demo` and `make test` (`make study`: the larger main job, ~1 h on CPU).
 # Both create .venv when missing and reuse it when present.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo study test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m lnrl.apps.pipeline
+
+study: $(STAMP)
+	$(PY) -m lnrl.apps.pipeline experiment=study
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup -q

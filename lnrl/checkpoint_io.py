@@ -33,7 +33,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lnrl.atomic import atomic_open
 
-__all__ = ["SAFE_GLOBALS", "AtomicCheckpointIO", "CheckpointError", "check_checkpoint"]
+__all__ = ["SAFE_GLOBALS", "AtomicCheckpointIO", "CheckpointError", "PoisonedStateError", "check_checkpoint",
+           "load_weights_only", "newest_finite_checkpoint", "resume_hint", "tensors_finite"]
 
 # Plain data beyond torch's weights-only defaults (tensors, dicts, lists, numbers, strings) that a
 # Lightning checkpoint may hold: a callback's directory as a Path. Nothing here runs code.
@@ -45,6 +46,11 @@ _SHARDED_META = "meta.pt"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names it and the newest intact one."""
+
+
+class PoisonedStateError(FloatingPointError):
+    """Training stopped because the weights or optimizer state are no longer usable (non-finite, or
+    overflowing after an update): nothing may save this state as a recovery point."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -75,14 +81,79 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(_message(Path(path), problem)) from e
 
 
+def load_weights_only(path: str | Path, **kwargs: Any) -> Any:
+    """torch.load with the weights-only unpickler and SAFE_GLOBALS: a file holding anything else (a
+    crafted pickle that would run code) is refused unread, with a CheckpointError naming it."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: holds objects outside the weights-only allow-list, refused unread: not a "
+                              f"checkpoint lnrl wrote, or a crafted one ({_first_line(e, 'global')})") from None
+
+
 def check_checkpoint(path: str | Path) -> dict[str, Any]:
     """{"path", "global_step", "epoch"} of an intact checkpoint file or sharded directory; otherwise
     CheckpointError "<path>: cannot resume from it: <what is wrong>. <the newest intact one>"."""
+    if not _is_local(path):  # s3://, gs://: nothing to read cheaply; Lightning's load reports damage
+        return {"path": str(path), "global_step": None, "epoch": None}
     path = Path(path)
     problem, info = _problem(path)
     if problem is not None:
         raise CheckpointError(_message(path, problem))
     return info
+
+
+def tensors_finite(obj: Any) -> bool:
+    """Whether every floating-point tensor in a (nested) checkpoint or state is finite."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.to_local() if hasattr(obj, "to_local") else obj
+        return not t.is_floating_point() or bool(torch.isfinite(t).all())
+    if isinstance(obj, dict):
+        return all(tensors_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(tensors_finite(v) for v in obj)
+    return True
+
+
+def newest_finite_checkpoint(directory: str | Path, exclude: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """{"path", "global_step", "epoch"} of the most recently written intact checkpoint in `directory`
+    whose weights and optimizer state are all finite (file names in `exclude` skipped), or None.
+    A sharded checkpoint directory counts when intact: its values are not read (it would take a process
+    group); the NaN guard never lets a non-finite state reach a checkpoint in the first place."""
+    directory = Path(directory)
+    try:
+        found = [p for p in directory.iterdir() if p.name not in exclude and not p.name.startswith(".")
+                 and (p.suffix == ".ckpt" or (p / _SHARDED_META).is_file())]
+    except OSError:
+        return None
+    for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        problem, info = _problem(p)
+        if problem is not None:
+            continue
+        if p.is_file():
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            if not tensors_finite({k: ckpt.get(k) for k in ("state_dict", "optimizer_states")}):
+                continue
+        return info
+    return None
+
+
+def resume_hint(trainer: Any, exclude: tuple[str, ...] = ()) -> str:
+    """Where a stopped run can resume from: the newest checkpoint with finite weights in the directories of
+    the trainer's checkpoint callbacks (one sentence for an error message)."""
+    dirs = sorted({str(cb.dirpath) for cb in getattr(trainer, "checkpoint_callbacks", []) or []
+                   if getattr(cb, "dirpath", None)})
+    if not dirs:
+        return "No checkpoints are written (no checkpoint callback): start again from the starting model."
+    found = [f for f in (newest_finite_checkpoint(d, exclude) for d in dirs) if f is not None]
+    if not found:
+        return (f"No checkpoint with finite weights in {', '.join(dirs)}: start again from the starting model "
+                f"(without ckpt_path).")
+    best = max(found, key=lambda f: Path(f["path"]).stat().st_mtime)
+    return (f"The newest checkpoint with finite weights is {best['path']} (step {best['global_step']}): "
+            f"resume with ckpt_path={best['path']} after changing what caused this.")
 
 
 def _message(path: Path, problem: str) -> str:

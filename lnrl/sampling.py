@@ -21,8 +21,7 @@ from typing import Any
 from lnrl.data.records import Completion, DataError, Example, GroupRecord, read_groups, write_groups
 from lnrl.generation import Generation, generate
 from lnrl.utils import write_json
-from lnrl.verify import MathVerifier, answers_match, extract_answer
-from lnrl.verify.profile import DEGENERATE_AT
+from lnrl.verify import MathVerifier, grade_answer, is_degenerate
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +47,11 @@ def grade(verifier: MathVerifier, example: Example, gens: Sequence[Generation]) 
         if g.text in seen:
             continue
         seen.add(g.text)
-        pred = extract_answer(g.text)
+        # A truncated sample is never graded correct through the last-number fallback (grade_answer).
+        pred, correct = grade_answer(g.text, example.answer, truncated=g.truncated)
         profile = verifier.profile(example.question, g.text, example.answer, truncated=g.truncated)
-        out.append(Completion(text=g.text, pred=pred, correct=answers_match(pred, example.answer),
-                              truncated=g.truncated, profile=profile.to_dict()))
+        out.append(Completion(text=g.text, pred=pred, correct=correct, truncated=g.truncated,
+                              profile=profile.to_dict()))
     return out, len(gens) - len(out)
 
 
@@ -74,7 +74,7 @@ def sample_shard(model, tokenizer, verifier: MathVerifier, examples: Sequence[Ex
     return groups
 
 
-def group_stats(groups: Sequence[GroupRecord], degenerate_at: float = DEGENERATE_AT) -> dict[str, float]:
+def group_stats(groups: Sequence[GroupRecord]) -> dict[str, float]:
     """What a group file holds: counts and shares over its completions and questions."""
     comps = [c for g in groups for c in g.completions]
     n = max(len(comps), 1)
@@ -84,7 +84,9 @@ def group_stats(groups: Sequence[GroupRecord], degenerate_at: float = DEGENERATE
         "duplicates_dropped": sum(int(g.provenance.get("n_duplicates", 0)) for g in groups),
         "correct_rate": sum(c.correct for c in comps) / n,
         "truncated_rate": sum(c.truncated for c in comps) / n,
-        "degenerate_rate": sum((c.profile or {}).get("degeneracy", 0.0) >= degenerate_at for c in comps) / n,
+        # looping/garbage text, judged apart from truncation (as evaluation's val/degenerate_rate)
+        "degenerate_rate": sum(is_degenerate(c.text) for c in comps) / n,
+        "no_answer_rate": sum(c.pred is None for c in comps) / n,
         "questions_with_correct": sum(g.n_correct > 0 for g in groups),
         "questions_mixed": sum(0 < g.n_correct < len(g.completions) for g in groups),
     }

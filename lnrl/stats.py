@@ -28,6 +28,14 @@ The p-value is a paired sign-flip test on the per-question differences of the se
 of several seeds it is computed exactly on the lattice of seed-mean differences; for real values
 it is exact by enumeration up to ``exact_max`` non-zero differences and Monte Carlo beyond.
 
+Ratio-of-sums metrics (assessment accuracy = sum right / sum pairs, gold NLL = -sum log p / sum
+tokens, accuracy on a flagged subset = sum correct*flag / sum flag), one (num, den) per question::
+
+    ci = ratio_ci(num, den)              # CI; method "ratio_bootstrap" | "ratio_two_way_bootstrap"
+    d = paired_ratio_diff(num_a, den_a, num_b, den_b)   # PairedDiff of b - a, paired by question
+
+Several comparisons read together: ``holm(p_values)`` -> Holm-adjusted p-values, same order.
+
 Sampling metrics, per question (their mean and interval: ``bootstrap_ci`` of the returned array)::
 
     pass_at_k(n, c, k) -> float                          # unbiased, Chen et al. 2021
@@ -59,6 +67,9 @@ __all__ = [
     "mcnemar_exact",
     "sign_flip_test",
     "paired_diff",
+    "ratio_ci",
+    "paired_ratio_diff",
+    "holm",
     "pass_at_k",
     "pass_at_k_values",
     "majority_vote",
@@ -89,7 +100,7 @@ class CI:
     n: int
     n_seeds: int = 1
     level: float = 0.95
-    method: str = "bootstrap"  # "bootstrap" | "two_way_bootstrap" | "t_seeds"
+    method: str = "bootstrap"  # "bootstrap" | "two_way_bootstrap" | "t_seeds" | "ratio_[two_way_]bootstrap"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +120,7 @@ class PairedDiff:
     high: float
     p_value: float
     n: int
-    test: str  # "mcnemar_exact" | "sign_flip_exact" | "sign_flip_monte_carlo"
+    test: str  # "mcnemar_exact" | "sign_flip_exact" | "sign_flip_monte_carlo" | "ratio_swap_exact" | ...
     n_seeds_a: int = 1
     n_seeds_b: int = 1
     level: float = 0.95
@@ -418,6 +429,218 @@ def paired_diff(
         diff=float(d.mean()), low=ci.low, high=ci.high, p_value=p, n=q, test=test,
         n_seeds_a=sa, n_seeds_b=sb, level=level, a_only=a_only, b_only=b_only, two_way=two_way,
     )
+
+
+# ----------------------------------------------------------------------------- ratio metrics
+
+
+def _ratio_mats(num: PerQuestion, den: PerQuestion, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Numerators and denominators as [n_seeds, n_questions] matrices, checked for a ratio of sums."""
+    if isinstance(num, Mapping) != isinstance(den, Mapping) or (
+        isinstance(num, Mapping) and list(num) != list(den)  # type: ignore[arg-type]
+    ):
+        raise ValueError(f"{what}: num and den must have the same seeds in the same order")
+    n, d = seed_matrix(num, f"{what} num"), seed_matrix(den, f"{what} den")
+    if n.shape != d.shape:
+        raise ValueError(f"{what}: num has shape {n.shape} and den {d.shape}; one (num, den) per question")
+    if np.any(d < 0):
+        bad = tuple(int(i) for i in np.argwhere(d < 0)[0])
+        raise ValueError(f"{what}: den at (seed row, question) {bad} is {d[bad]!r}; denominators must be >= 0")
+    totals = d.sum(axis=1)
+    if np.any(totals <= 0):
+        raise ValueError(f"{what}: seed row {int(np.flatnonzero(totals <= 0)[0])} has no denominator "
+                         "(every den is 0): the ratio is undefined")
+    return n, d
+
+
+def _seed_ratios(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return n.sum(axis=1) / d.sum(axis=1)
+
+
+def _ratio_boot(
+    terms: Sequence[tuple[np.ndarray, np.ndarray, float]], n_boot: int, rng: np.random.Generator,
+    resample_seeds: bool,
+) -> np.ndarray:
+    """Replicates of sum_t sign_t * mean_s (sum_q c_q num[s,q] / sum_q c_q den[s,q]).
+
+    c: one question resample shared by every term and seed (crossed design, as ``_two_way_boot``);
+    with ``resample_seeds`` each term's seeds are resampled too (drawn in the same order as
+    ``_two_way_boot``, so den = 1 reproduces ``two_way_ci`` / ``bootstrap_ci`` exactly). A replicate
+    whose resampled questions have no denominator is NaN and left out of the percentiles.
+    """
+    q = terms[0][0].shape[1]
+    chunk = max(1, _CHUNK_ELEMS // q)
+    out = []
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        seed_w = [_counts(rng, rows, n.shape[0]) if resample_seeds else np.ones((rows, n.shape[0]))
+                  for n, _, _ in terms]
+        cq = _counts(rng, rows, q)
+        total = np.zeros(rows)
+        for (n, d, sign), w in zip(terms, seed_w):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = (cq @ n.T) / (cq @ d.T)
+            total += sign * (w * r).sum(axis=1) / n.shape[0]
+        out.append(total)
+    return np.concatenate(out)
+
+
+def _nan_percentiles(boot: np.ndarray, alpha: float) -> tuple[float, float]:
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return math.nan, math.nan
+    return _percentiles(boot, alpha)
+
+
+def _keep_measured(*mats: np.ndarray) -> np.ndarray:
+    """Questions with a denominator in some seed of some side; the others add nothing to any sum."""
+    return np.any(np.concatenate([m for m in mats]) > 0, axis=0)
+
+
+def ratio_ci(
+    num: PerQuestion, den: PerQuestion, *, n_boot: int = 10_000, level: float = 0.95, seed: int = 0
+) -> CI:
+    """Interval of a ratio-of-sums metric: per seed sum_q num / sum_q den, averaged over seeds.
+
+    E.g. assessment accuracy (num = correctly ordered pairs, den = pairs per question), gold NLL
+    (num = -log p summed, den = tokens), accuracy on a flagged subset (num = correct * flag,
+    den = flag). Percentile bootstrap over questions (``"ratio_bootstrap"``) for one seed, seeds and
+    questions crossed (``"ratio_two_way_bootstrap"``) for several; questions whose den is 0 for every
+    seed are dropped first (the subset is taken as given). ``n`` = questions with a denominator.
+    With den = 1 everywhere this is exactly ``metric_ci`` of num.
+    """
+    n, d = _ratio_mats(num, den, "ratio_ci")
+    alpha = _check_level(level, n_boot)
+    keep = _keep_measured(d)
+    n, d = n[:, keep], d[:, keep]
+    s = n.shape[0]
+    boot = _ratio_boot([(n, d, 1.0)], n_boot, np.random.default_rng(seed), resample_seeds=s > 1)
+    lo, hi = _nan_percentiles(boot, alpha)
+    method = "ratio_two_way_bootstrap" if s > 1 else "ratio_bootstrap"
+    return CI(float(_seed_ratios(n, d).mean()), lo, hi, int(keep.sum()), s, level, method)
+
+
+def _swap_test(na: np.ndarray, da: np.ndarray, nb: np.ndarray, db: np.ndarray, *, exact_max: int,
+               n_perm: int, seed: int) -> tuple[float, str]:
+    """Paired permutation test of sum nb / sum db - sum na / sum da = 0 (per-question vectors).
+
+    Under H0 the labels A/B of each question are exchangeable: every pattern of swapping (na, da)
+    with (nb, db) on the questions where they differ is equally likely. Exact over all 2^m patterns
+    for m <= exact_max, else n_perm random patterns with p = (1 + hits) / (1 + n_perm).
+    """
+    moved = (na != nb) | (da != db)
+    dn, dd = (na - nb)[moved], (da - db)[moved]
+    m = dn.size
+    sna, sda, snb, sdb = na.sum(), da.sum(), nb.sum(), db.sum()
+    t_obs = abs(snb / sdb - sna / sda)
+    tol = 1e-9 * max(1.0, t_obs)
+    if m == 0:
+        return 1.0, "exact"
+
+    def stats(swaps: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = (snb + swaps @ dn) / (sdb + swaps @ dd) - (sna - swaps @ dn) / (sda - swaps @ dd)
+        return np.abs(t)  # NaN (a side left without denominator) never counts as extreme
+
+    if m <= exact_max:
+        patterns = (np.arange(2**m)[:, None] >> np.arange(m) & 1).astype(float)
+        return float(np.mean(stats(patterns) >= t_obs - tol)), "exact"
+    rng = np.random.default_rng(seed)
+    hits = 0
+    chunk = max(1, _CHUNK_ELEMS // m)
+    for start in range(0, n_perm, chunk):
+        rows = min(chunk, n_perm - start)
+        hits += int(np.sum(stats(rng.integers(0, 2, size=(rows, m)).astype(float)) >= t_obs - tol))
+    return (1 + hits) / (1 + n_perm), "monte_carlo"
+
+
+def paired_ratio_diff(
+    num_a: PerQuestion,
+    den_a: PerQuestion,
+    num_b: PerQuestion,
+    den_b: PerQuestion,
+    *,
+    n_boot: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+    n_perm: int = 10_000,
+    exact_max: int = 16,
+) -> PairedDiff:
+    """Ratio metric of ``b`` minus that of baseline ``a`` on the same questions (same order).
+
+    ``diff`` = mean_s r_b[s] - mean_s r_a[s] with r = sum_q num / sum_q den per seed (``ratio_ci``'s
+    value). Interval: paired bootstrap over questions, one resample shared by both sides and all
+    their seeds (seeds fixed); ``two_way`` resamples each side's seeds too (None for one seed each).
+    p-value, by how the denominators fall:
+
+    - the same den for every seed of both sides on each question (the same candidate pairs, the
+      same gold tokens, the same flagged subset): swapping A and B on a question leaves sum den
+      unchanged, so the permutation test *is* the sign-flip test on the per-question differences
+      of seed-mean numerators: exact McNemar for 0/1 numerators with one seed each (``a_only`` /
+      ``b_only`` counted), exact on the lattice of step 1/2 / (S_a S_b) when numerators are
+      multiples of 1/2 (assessment ties), else enumeration / Monte Carlo (``sign_flip_test``);
+    - otherwise a swap permutation test of the pooled ratios of seed-mean (num, den)
+      (``"ratio_swap_exact"`` / ``"ratio_swap_monte_carlo"``).
+    """
+    na, da = _ratio_mats(num_a, den_a, "paired_ratio_diff a")
+    nb, db = _ratio_mats(num_b, den_b, "paired_ratio_diff b")
+    if na.shape[1] != nb.shape[1]:
+        raise ValueError(
+            f"paired_ratio_diff: a has {na.shape[1]} questions and b has {nb.shape[1]}; "
+            "a paired comparison needs the same questions in the same order"
+        )
+    alpha = _check_level(level, n_boot)
+    keep = _keep_measured(da, db)
+    na, da, nb, db = na[:, keep], da[:, keep], nb[:, keep], db[:, keep]
+    sa, sb, q = na.shape[0], nb.shape[0], int(keep.sum())
+    diff = float(_seed_ratios(nb, db).mean() - _seed_ratios(na, da).mean())
+    terms = [(na, da, -1.0), (nb, db, 1.0)]
+    lo, hi = _nan_percentiles(_ratio_boot(terms, n_boot, np.random.default_rng(seed), False), alpha)
+
+    a_only = b_only = None
+    if np.all(da == da[0]) and np.all(db == da[0]):
+        d = nb.mean(axis=0) - na.mean(axis=0)
+        unit = 0.5 / (sa * sb)
+        halves = np.allclose(np.concatenate([na, nb]) * 2, np.rint(np.concatenate([na, nb]) * 2), rtol=0, atol=1e-9)
+        if sa == sb == 1 and _is_binary(na) and _is_binary(nb):
+            a_only = int(np.sum((na[0] == 1) & (nb[0] == 0)))
+            b_only = int(np.sum((na[0] == 0) & (nb[0] == 1)))
+            p, test = mcnemar_exact(a_only, b_only), "mcnemar_exact"
+        elif halves and np.abs(d).sum() / unit <= _MAX_LATTICE:
+            p, how = sign_flip_test(d, unit=unit)
+            test = f"sign_flip_{how}"
+        else:
+            p, how = sign_flip_test(d, exact_max=exact_max, n_perm=n_perm, seed=seed)
+            test = f"sign_flip_{how}"
+    else:
+        p, how = _swap_test(na.mean(axis=0), da.mean(axis=0), nb.mean(axis=0), db.mean(axis=0),
+                            exact_max=exact_max, n_perm=n_perm, seed=seed)
+        test = f"ratio_swap_{how}"
+    two_way = None
+    if sa > 1 or sb > 1:
+        tlo, thi = _nan_percentiles(_ratio_boot(terms, n_boot, np.random.default_rng(seed), True), alpha)
+        two_way = CI(diff, tlo, thi, q, max(sa, sb), level, "ratio_two_way_bootstrap")
+    return PairedDiff(
+        diff=diff, low=lo, high=hi, p_value=p, n=q, test=test, n_seeds_a=sa, n_seeds_b=sb, level=level,
+        a_only=a_only, b_only=b_only, two_way=two_way,
+    )
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (family-wise error control).
+
+    Sorted ascending p_(1) <= ... <= p_(m): adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
+    Reject at level a every comparison whose adjusted p is <= a.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"holm: expected a 1-D sequence of p-values in [0, 1], got {p_values!r}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out.tolist()
 
 
 # ----------------------------------------------------------------------------- pass@k, maj@k

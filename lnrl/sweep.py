@@ -16,6 +16,15 @@ process exits non-zero. At the end of a multirun, the `SweepSummary` Hydra callb
 hide the others' results from a script that chains `lnrl-train -m` and `lnrl-report`.
 The summary scans the files rather than Hydra's in-memory job returns, so it also works when the
 jobs ran elsewhere (the submitit SLURM launcher) or were launched by scripts/sweep_torchrun.py.
+
+Before a grid sweep launches anything, `SweepSummary.on_multirun_start` composes its points and runs the
+app's preflight check on them (`PREFLIGHT`; lnrl-train's builds the datamodule and the method without
+loading a model or reading data). When every point fails it with the same error (a setting the grid
+does not vary, e.g. `sweep=dpo_beta_norm` without `data.prefs_path`: 18 identical failures), the sweep
+stops at once with that one error, written to `<sweep dir>/failed.json`. It stops checking at the
+first point that passes or fails differently: then each point runs and is recorded on its own.
+`+hydra.callbacks.sweep_summary.preflight=false` turns it off. Optuna sweeps draw their points as they
+go and are not checked.
 """
 
 from __future__ import annotations
@@ -41,6 +50,13 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
 SUMMARY_FILE = "sweep_summary.json"
+# Per app (its config name): the check that fails a point on its configuration before training.
+PREFLIGHT = {"train": "lnrl.apps.train.preflight"}
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+class SweepConfigError(ValueError):
+    """Every point of a sweep fails before training with the same configuration error."""
 
 
 def is_multirun() -> bool:
@@ -61,16 +77,21 @@ def _is_rank_zero() -> bool:
     return all(int(os.environ.get(k, 0) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause: the ValueError from build_loss, not Hydra's InstantiationException around it."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def record_failure(run_dir: str | Path, exc: BaseException, overrides: list[str] | None = None) -> dict:
     """Write `<run_dir>/failed.json` describing `exc`; return what was written."""
-    # Name the root cause (ValueError from build_loss), not Hydra's InstantiationException around it.
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
+    root = root_cause(exc)
+    notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", []))  # e.g. where the state was saved
     info = {
         "status": "failed",
         "error_type": type(root).__name__,
-        "error": str(root),
+        "error": str(root) + notes,
         "raised": f"{type(exc).__name__}: {exc}",
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         "overrides": _task_overrides() if overrides is None else list(overrides),
@@ -179,14 +200,71 @@ def write_summary(sweep_dir: str | Path, point_dirs: Sequence[str | Path] | None
     return summary
 
 
+def sweep_points(config: DictConfig) -> list[list[str]] | None:
+    """Each point's overrides, in the order Hydra's basic sweeper launches them; None for another
+    sweeper (Optuna draws its points as it goes)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def preflight_sweep(config: DictConfig, check: Callable[[DictConfig], Any]) -> None:
+    """Raise SweepConfigError when every point of the sweep fails `check` with the same error.
+
+    Points are composed and checked in launch order until one passes or fails differently from the
+    ones before it, so a healthy sweep costs one check."""
+    from hydra import compose
+
+    points = sweep_points(config)
+    if not points:
+        return
+    errors: set[str] = set()
+    for overrides in points:
+        try:
+            check(compose(config_name=config.hydra.job.config_name, overrides=list(overrides)))
+        except Exception as e:  # noqa: BLE001 - any error a point would die of before training
+            root = root_cause(e)
+            errors.add(f"{type(root).__name__}: {root}")
+        else:
+            return
+        if len(errors) > 1:
+            return
+    error = errors.pop()
+    info = {"status": "failed", "error_type": "SweepConfigError", "error": error, "points": len(points),
+            "overrides": list(config.hydra.overrides.task)}
+    write_json(Path(config.hydra.sweep.dir) / FAILED_FILE, info)
+    raise SweepConfigError(f"all {len(points)} points of this sweep fail before training with the same error, so "
+                           f"none was launched:\n  {error}\n(recorded in {Path(config.hydra.sweep.dir) / FAILED_FILE})")
+
+
 class SweepSummary(Callback):
-    """Hydra callback (`hydra.callbacks.sweep_summary`): write sweep_summary.json when a multirun ends.
+    """Hydra callback (`hydra.callbacks.sweep_summary`): check a sweep's points before launching them
+    (`preflight_sweep`), write sweep_summary.json when the multirun ends.
 
     strict: exit with status 1 when any point failed or did not finish (default: exit 0, log loudly).
+    preflight: run the app's check (PREFLIGHT) on the points first; false to skip it.
     """
 
-    def __init__(self, strict: bool = False):
-        self.strict = strict
+    def __init__(self, strict: bool = False, preflight: bool = True):
+        self.strict, self.preflight = strict, preflight
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        target = PREFLIGHT.get(config.hydra.job.config_name)
+        if self.preflight and target:
+            from hydra.utils import get_method
+
+            try:
+                preflight_sweep(config, get_method(target))
+            except SweepConfigError as e:
+                # Hydra turns a callback's exception into a warning and goes on: stop here instead.
+                log.error("sweep not launched: %s", e)
+                sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summary = write_summary(config.hydra.sweep.dir)

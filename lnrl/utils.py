@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lnrl.atomic import atomic_open, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -20,6 +22,30 @@ if not OmegaConf.has_resolver("lnrl_package_dir"):
 
 def to_dict(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Raise ValueError naming the mandatory values (`???`) a composed config leaves unset; otherwise
+    they fail one by one, deep inside whatever reads them first."""
+    missing = _missing(cfg)
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: required (??? in the config) and not set; set "
+                         + " ".join(f"{k}=..." for k in missing) + " on the command line or in an experiment config")
+
+
+def _missing(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys holding ??? under node; interpolations are not followed (nor resolved)."""
+    from omegaconf import ListConfig
+
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node)) if isinstance(node, ListConfig) else ()
+    out = []
+    for key in keys:
+        full = f"{prefix}{key}" if isinstance(key, str) else f"{prefix.rstrip('.')}[{key}]"
+        if OmegaConf.is_missing(node, key):
+            out.append(full)
+        elif not OmegaConf.is_interpolation(node, key):
+            out += _missing(node._get_node(key), full + ".")
+    return out
 
 
 def build_datamodule(cfg: DictConfig, tokenizer):
@@ -38,20 +64,16 @@ def build_all(node: DictConfig | None) -> list:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """`obj` as indented JSON, written atomically (lnrl.atomic): a crash leaves the old file (or none)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """One JSON object per line, written atomically: a crash leaves the old file (or none)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    """One JSON object per line, written atomically: a crash, or an error while producing the rows,
+    leaves the old file (or none)."""
+    with atomic_open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def output_dir() -> Path:

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from lnrl.sweep import FAILED_FILE, write_summary  # noqa: E402
+from lnrl.utils import write_json  # noqa: E402
 
 
 def parse_param(text: str) -> tuple[str, list[str]]:
@@ -78,7 +79,7 @@ def run_point(cmd: list[str], run_dir: Path, point: list[str], env: dict) -> int
             "error": f"torchrun exited with status {rc} before lnrl.apps.train recorded an error; see torchrun.log",
             "overrides": point, "log_tail": "\n".join(tail)}
         info["returncode"] = rc
-        failed.write_text(json.dumps(info, indent=2) + "\n")
+        write_json(failed, info)
     return rc
 
 

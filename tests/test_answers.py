@@ -155,7 +155,8 @@ def test_normalize_number(text, canonical):
     assert normalize_number(text) == canonical
 
 
-@pytest.mark.skipif(not GSM8K_TRAIN.exists(), reason="shared GSM8K train split not present")
+@pytest.mark.skipif(not GSM8K_TRAIN.exists(),
+                    reason=f"needs ../shared: the shared GSM8K training split {GSM8K_TRAIN} is absent")
 def test_every_gsm8k_gold_answer_extracts():
     n = 0
     with GSM8K_TRAIN.open() as f:
@@ -295,3 +296,16 @@ def test_extracted_power_grades_by_value():
     assert answers_match(extract_answer("Thus 2**3 cubes.\n#### 2**3"), "8")
     assert not answers_match(extract_answer("#### 2**3"), "23")
     assert answers_match(extract_answer("There are 3^4 ways."), "81")
+
+
+def test_truncated_generation_is_not_graded_correct_by_its_last_number():
+    """A generation cut at the token limit stopped mid-text: its last number is not an answer."""
+    from lnrl.verify import grade_answer
+
+    cut = "First, 3 + 4 = 7 apples. Then 7 * 2 = 14"
+    assert grade_answer(cut, "14") == ("14", True)                   # finished text: the fallback counts
+    assert grade_answer(cut, "14", truncated=True) == ("14", False)  # cut: it does not
+    # an explicit final answer written before the cut still counts
+    assert grade_answer("7 * 2 = 14\n#### 14\nNow let", "14", truncated=True) == ("14", True)
+    assert grade_answer("The answer is 14. And then", "14", truncated=True) == ("14", True)
+    assert grade_answer("#### 15", "14", truncated=True) == ("15", False)

@@ -78,23 +78,43 @@ def test_assessment_accuracy_with_controlled_ordering(tok):
     cands = [group("q1", [("good good", True), ("bad bad", True), ("good bad", False)]),
              group("q2", [("good", True), ("bad", False), ("bad bad bad", False), ("good", False)]),
              group("q3", [("bad", False)])]
-    m = assessment_accuracy(model, tok, cands, include_gold=False, batch_size=3, progress=False)
+    m, records = assessment_accuracy(model, tok, cands, batch_size=3, progress=False)  # the paper's: generated only
     assert m["val/assessment_acc"] == pytest.approx(3.5 / 5)
     assert m["val/assessment_pairs"] == 5 and m["val/assessment_questions"] == 2
+    assert m["val/assessment_candidates"] == 3 and "val/assessment_acc_gold" not in m
+    assert records == [{"id": "q1", "pairs": 2, "right": 1.0}, {"id": "q2", "pairs": 3, "right": 2.5}]
 
-    # The gold CoT "good job" (3 tokens with <|im_end|>) joins each question's positives: mean (8 + 0 + 0) / 3 = 8/3 beats every
-    # negative but "good" (4): q1 1/1, q2 2/3, q3 1/1 -> 4 more right of 5 more pairs.
+    # The gold-inclusive variant (a different metric, under its own name): the gold CoT "good job" (3 tokens
+    # with <|im_end|>) joins each question's positives: mean (8 + 0 + 0) / 3 = 8/3 beats every negative but
+    # "good" (4): q1 1/1, q2 2/3, q3 1/1 -> 4 more right of 5 more pairs.
     for g in cands:
         object.__setattr__(g, "gold_solution", "good job")
     assert mean_logp(tok, bias, "good job") == pytest.approx(8 / 3 - torch.logsumexp(bias, 0).item(), abs=1e-4)
-    m = assessment_accuracy(model, tok, cands, include_gold=True, progress=False)
-    assert m["val/assessment_pairs"] == 5 + 5 and m["val/assessment_questions"] == 3
-    assert m["val/assessment_acc"] == pytest.approx((3.5 + 4) / 10)
+    m, records = assessment_accuracy(model, tok, cands, include_gold=True, progress=False)
+    assert m["val/assessment_pairs_gold"] == 5 + 5 and m["val/assessment_acc_gold"] == pytest.approx((3.5 + 4) / 10)
+    assert m["val/assessment_acc"] == pytest.approx(3.5 / 5) and m["val/assessment_questions"] == 2
+
+
+def test_truncated_candidate_is_scored_without_eos(tok):
+    """A candidate cut at the token limit never produced <|im_end|>, so it is scored without it:
+    s("good good") = (8 + 8) / 2 - logZ = 8 - logZ. The correct "good good good" ends normally:
+    (8 + 8 + 8 + 0) / 4 - logZ = 6 - logZ. The truncated wrong one wins: the pair is misordered (0).
+    Scored with an eos it would get (8 + 8 + 0) / 3 - logZ = 16/3 - logZ < 6 - logZ (ordered right)."""
+    bias = torch.zeros(len(tok))
+    for word in ("good", " good"):
+        (token,) = tok(word, add_special_tokens=False).input_ids
+        bias[token] = 8.0
+    model = UnigramLM(bias)
+    g = GroupRecord(id="q", question="Q?", answer="6", gold_solution="6",
+                    completions=[Completion(text="good good good", pred=None, correct=True),
+                                 Completion(text="good good", pred=None, correct=False, truncated=True)])
+    m, _ = assessment_accuracy(model, tok, [g], progress=False)
+    assert m["val/assessment_acc"] == 0.0  # with an eos the wrong one would score 16/3 < 24/4 and be ordered right
 
 
 def test_no_pairs_gives_nan(tok):
-    m = assessment_accuracy(UnigramLM(torch.zeros(len(tok))), tok, [group("q", [("a", True)])],
-                            include_gold=False, progress=False)
+    m, _ = assessment_accuracy(UnigramLM(torch.zeros(len(tok))), tok, [group("q", [("a", True)])],
+                               progress=False)
     assert math.isnan(m["val/assessment_acc"]) and m["val/assessment_pairs"] == 0
 
 
@@ -118,6 +138,6 @@ def test_prompt_longer_than_max_length_is_left_out(tok):
     model = UnigramLM(torch.zeros(len(tok)))
     long_q = "apples " * 200
     assert score_texts(model, tok, [(long_q, "x"), ("Q?", "x")], max_length=64)[0] is None
-    m = assessment_accuracy(model, tok, [group("q", [("a", True), ("b", False)])], include_gold=False,
-                            max_length=64, progress=False)
+    m, _ = assessment_accuracy(model, tok, [group("q", [("a", True), ("b", False)])], max_length=64,
+                               progress=False)
     assert m["val/assessment_pairs"] == 1

@@ -18,20 +18,20 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not 
 
 
 def bases(group: str) -> set[str]:
-    """Shared parts, not options: configs that other configs of the group extend (listed in their
-    defaults), e.g. data/base. Global presets extending one another (method=ipo extends dpo) are options."""
+    """Shared parts, not options: `base.yaml` configs that other configs of the group extend (data/base).
+    A config extended by another that is an option itself (trainer=cpu under gpu, data=gsm_symbolic under
+    gsm_symbolic_easy, method=dpo under ipo) stays an option."""
     out = set()
     for f in (CONF_DIR / group).glob("*.yaml"):
         for entry in OmegaConf.load(f).get("defaults") or []:
-            path = CONF_DIR / group / f"{entry}.yaml"
-            if isinstance(entry, str) and path.exists() and not path.read_text().startswith("# @package _global_"):
+            if entry == "base" and (CONF_DIR / group / "base.yaml").exists():
                 out.add(entry)
     return out
 
 
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml")) if f.stem not in bases(g)]
 METHODS = sorted(f.stem for f in (CONF_DIR / "method").glob("*.yaml"))
-SOURCES = sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml") if f.stem not in bases("data"))
+SOURCES = sorted(f.stem for f in (CONF_DIR / "data").glob("*.yaml") if f.stem != "base")
 NEEDS = {("model", "hf"): ["model.path=/nonexistent"], ("data", "jsonl"): ["data.path=/nonexistent.jsonl"]}
 
 
@@ -79,11 +79,12 @@ def test_data_base_holds_the_datamodule_defaults_once():
     params = inspect.signature(LnrlDataModule).parameters
     assert base._target_ == "lnrl.data.LnrlDataModule"
     settings = {k: v for k, v in base.items() if k != "_target_"}
-    assert len(settings) == 12 and all(settings[k] == params[k].default for k in settings), settings
-    assert bases("data") == {"base"} and SOURCES == ["gsm8k", "gsm_symbolic", "jsonl", "metamathqa"]
+    assert len(settings) == 14 and all(settings[k] == params[k].default for k in settings), settings
+    assert SOURCES == ["gsm8k", "gsm_symbolic", "gsm_symbolic_easy", "jsonl", "metamathqa"]
     for stem in SOURCES:
         own = OmegaConf.load(CONF_DIR / "data" / f"{stem}.yaml")
-        assert list(own.defaults) == ["base", "_self_"] and "source" in own
+        # a source extends the base; a variant (gsm_symbolic_easy) extends a source and changes its node
+        assert list(own.defaults) in (["base", "_self_"], ["gsm_symbolic", "_self_"]) and "source" in own
         restated = [k for k in own if k in settings and own[k] == settings[k]]
         assert not restated, f"conf/data/{stem}.yaml restates the base's {restated}"
 

@@ -67,7 +67,8 @@ def test_setup_needs_a_tokenizer_and_valid_kind():
 
 
 def test_pairs(tok):
-    dm = make(tok, kind="pairs", prefs_path=str(GROUPS), batch_size=5, weight_field="profile.wrongness")
+    dm = make(tok, kind="pairs", prefs_path=str(GROUPS), batch_size=5, weight_field="profile.wrongness",
+              gold_as_chosen=True)
     assert dm.stats["pairs"] == 18 and dm.stats["pairs_gold_chosen"] == 4 and dm.stats["train_rows"] == 18
     assert dm.stats["prefs_in_eval"] == 0
     batches = list(dm.train_dataloader())
@@ -100,7 +101,7 @@ def test_groups(tok):
 def test_stale_refs_raise_or_are_dropped(tok):
     # max_length cuts the longer completions, so their cached n_tokens no longer match
     prompt_len = max(len(encode_prompt(tok, g.question)) for g in read_groups(GROUPS))
-    kw = dict(kind="pairs", prefs_path=str(GROUPS), max_length=prompt_len + 30)
+    kw = dict(kind="pairs", prefs_path=str(GROUPS), max_length=prompt_len + 30, gold_as_chosen=True)
     with pytest.raises(DataError, match=r"groups_tiny.jsonl: pair .*field 'ref.n_tokens': cached \d+ tokens"):
         make(tok, **kw)
     dm = make(tok, on_error="skip", **kw)
@@ -198,3 +199,33 @@ def test_resume_mid_epoch_continues_the_data_order(tok, tmp_path):
     fit(max_steps=4, callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)])
     resumed = fit(max_epochs=2, enable_checkpointing=False, ckpt_path=str(tmp_path / "last.ckpt"))
     assert len(full) == 6 and seen == full and resumed.global_step == 6
+
+
+def test_gold_is_an_explicit_choice(tok):
+    """Off by default: the all-incorrect group t50 (4 wrong samples) yields no pair and no positive; on, its
+    gold CoT becomes the chosen side of 4 pairs (pairs) or a positive member with its gold_ref (groups)."""
+    off = make(tok, kind="pairs", prefs_path=str(GROUPS))
+    on = make(tok, kind="pairs", prefs_path=str(GROUPS), gold_as_chosen=True)
+    assert off.stats["pairs_gold_chosen"] == 0 and on.stats["pairs"] - off.stats["pairs"] == 4
+    groups_off = make(tok, kind="groups", prefs_path=str(GROUPS))
+    groups_on = make(tok, kind="groups", prefs_path=str(GROUPS), gold_as_chosen=True)
+    assert groups_off.stats["groups_gold_positive"] == 0 and groups_on.stats["groups_gold_positive"] == 1
+    t50 = next(g for g in read_groups(GROUPS) if g.n_correct == 0)
+    item = next(it for it in groups_on._train if len(it["members"]) == len(t50.completions) + 1)
+    assert item["is_positive"] == [False] * 4 + [True] and item["ranks"][-1] == 1
+    assert item["refs"][-1] == t50.gold_ref
+    assert tok.decode(item["members"][-1]["input_ids"][-sum(item["members"][-1]["completion_mask"]):]) == (
+        t50.gold_solution + "<|im_end|>")
+
+
+def test_truncated_completion_has_no_eos(tok):
+    """The fixture's run-on sample (truncated) is encoded without <|im_end|>; its cached ref, computed the
+    same way, covers exactly its tokens (no ref.n_tokens mismatch)."""
+    dm = make(tok, kind="groups", prefs_path=str(GROUPS))
+    g = next(g for g in read_groups(GROUPS) if any(c.truncated for c in g.completions))
+    i = next(i for i, c in enumerate(g.completions) if c.truncated)
+    item = next(it for it in dm._train if it["refs"][i] == g.completions[i].ref)
+    row = item["members"][i]
+    completion = row["input_ids"][-sum(row["completion_mask"]):]
+    assert tok.decode(completion) == g.completions[i].text and tok.eos_token_id not in completion
+    assert sum(row["completion_mask"]) == g.completions[i].ref[1]

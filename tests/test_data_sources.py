@@ -80,7 +80,8 @@ def test_gsm_symbolic_rejects_bad_fraction():
 
 # ----------------------------------------------------------------------------- gsm8k
 
-@pytest.mark.skipif(not SHARED_GSM8K.exists(), reason="shared GSM8K file absent")
+@pytest.mark.skipif(not SHARED_GSM8K.exists(),
+                    reason=f"needs ../shared: the shared GSM8K training split {SHARED_GSM8K} is absent")
 @pytest.mark.parametrize("strip", [False, True])
 def test_gsm8k_shared_file(strip):
     split = build_source({"name": "gsm8k", "path": str(SHARED_GSM8K), "strip_calculator": strip})
@@ -225,3 +226,64 @@ def test_build_source_rejects_unknown_names_and_options():
         build_source({"name": "nope"})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['n_trian'\]"):
         build_source({"name": "gsm_symbolic", "n_trian": 3})
+
+
+def test_gsm_symbolic_template_subset_difficulty_and_instance_split():
+    """split_by=instance: every chosen template serves both splits, with disjoint question texts and ids;
+    difficulty 0.5 shrinks the numbers (the generators scale their ranges by it)."""
+    easy = [4, 10, 26, 43]
+    split = build_source({"name": "gsm_symbolic", "seed": 0, "n_train": 40, "n_eval": 12, "difficulty": 0.5,
+                          "templates": easy, "split_by": "instance"})
+    assert {e.meta["template"] for e in split.train} == set(easy) == {e.meta["template"] for e in split.eval}
+    assert not {e.question for e in split.train} & {e.question for e in split.eval}
+    assert not {e.id for e in split.train} & {e.id for e in split.eval}
+    assert split.info["split_by"] == "instance" and split.info["difficulty"] == 0.5
+    full = build_source({"name": "gsm_symbolic", "seed": 0, "n_train": 40, "n_eval": 12, "templates": easy,
+                         "split_by": "instance"})
+    biggest = lambda exs: max(float(x) for e in exs for x in re.findall(r"\d+(?:\.\d+)?", e.solution))  # noqa: E731
+    assert biggest(split.train) < biggest(full.train)
+    again = build_source({"name": "gsm_symbolic", "seed": 0, "n_train": 40, "n_eval": 12, "difficulty": 0.5,
+                          "templates": easy, "split_by": "instance"})
+    assert [e.question for e in again.train] == [e.question for e in split.train]  # deterministic
+
+
+def test_gsm_symbolic_option_errors():
+    with pytest.raises(ValueError, match="data.source.split_by='x'"):
+        build_source({"name": "gsm_symbolic", "split_by": "x"})
+    with pytest.raises(ValueError, match=r"data.source.templates: \[100000\]"):
+        build_source({"name": "gsm_symbolic", "templates": [4, 100000]})
+    with pytest.raises(ValueError, match="data.source.difficulty=0"):
+        build_source({"name": "gsm_symbolic", "difficulty": 0})
+
+
+def test_gsm_symbolic_generator_that_hangs_is_retried(monkeypatch):
+    """A generator stuck in an endless retry loop (some are, below difficulty 1) is cut by the timeout and
+    counted as a failure; the next instance is tried."""
+    import lnrl.data.sources.gsm_symbolic as gs
+
+    monkeypatch.setattr(gs, "GENERATOR_TIMEOUT_S", 0.05)
+    calls = {"n": 0}
+    real = {}
+
+    def hang_once(gen):
+        def wrapped(rng, difficulty):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                while True:
+                    pass
+            return gen(rng, difficulty)
+        return wrapped
+
+    from reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic import GSMSymbolicDataset
+
+    orig = GSMSymbolicDataset.generators.fget
+
+    def patched(self):
+        gens = orig(self)
+        real.update(gens)
+        return {t: hang_once(g) for t, g in gens.items()}
+
+    monkeypatch.setattr(GSMSymbolicDataset, "generators", property(patched))
+    split = build_source({"name": "gsm_symbolic", "templates": [4, 10], "split_by": "instance", "n_train": 2,
+                          "n_eval": 2})
+    assert len(split.train) == 2 and split.info["generator_failures"] == 1

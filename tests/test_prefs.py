@@ -1,4 +1,5 @@
-"""Preference records: ranks, pair weights, gold positives, the one_per_question / hard_negative rules."""
+"""Preference records: ranks, pair weights, gold counts, mean pair length, the one_per_question /
+hard_negative rules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from lnrl.data.pairs import PAIRING_RULES, make_pairs
 from lnrl.data.records import Completion, DataError, GroupRecord, read_groups
 from lnrl.models import load_model, load_tokenizer
-from lnrl.preferences import annotate, build_prefs, pair_weight, rank_of, with_gold_positive
+from lnrl.preferences import annotate, build_prefs, mean_pair_tokens, pair_weight, rank_of
 
 
 def comp(text: str, correct: bool, wrongness: float = 0.0, absurdity: float = 0.0, degeneracy: float = 0.0,
@@ -37,9 +38,11 @@ def groups() -> list[GroupRecord]:
 
 
 def test_pair_weight_formula_by_hand():
-    # w = max(w_min, (1 + wrongness) * (1 - absurdity))
-    assert pair_weight({"wrongness": 0.5, "absurdity": 0.2}) == pytest.approx(1.5 * 0.8)
-    assert pair_weight({"wrongness": 1.0, "absurdity": 0.0}) == pytest.approx(2.0)
+    # w = max(w_min, (1 - absurdity) * (2 - wrongness)): nearer (less wrong) and more plausible counts more
+    assert pair_weight({"wrongness": 0.5, "absurdity": 0.2}) == pytest.approx(0.8 * 1.5)
+    assert pair_weight({"wrongness": 0.4, "absurdity": 0.0}) == pytest.approx(1.6)   # a near miss
+    assert pair_weight({"wrongness": 1.0, "absurdity": 0.0}) == pytest.approx(1.0)   # far off
+    assert pair_weight({"wrongness": 0.4, "absurdity": 0.0}) > pair_weight({"wrongness": 0.9, "absurdity": 0.0})
     assert pair_weight({"wrongness": 0.9, "absurdity": 1.0}) == 0.05  # absurd: the floor
     assert pair_weight({"wrongness": 0.9, "absurdity": 1.0}, w_min=0.2) == 0.2
     assert pair_weight(None) == 1.0
@@ -86,39 +89,27 @@ def test_rules_are_registered():
 
 
 def test_weights_from_annotated_profiles_have_mean_one(groups):
-    """weight_field=profile.pair_weight: w_i = (1 + wr_i)(1 - ab_i), then scaled by n / sum(w)."""
+    """weight_field=profile.pair_weight: w_i = (1 - ab_i)(2 - wr_i), then scaled by n / sum(w)."""
     pairs = make_pairs(annotate(groups), rule="all", gold_as_chosen=True, weight_field="profile.pair_weight")
-    raw = {"n1": 1.9 * 0.4, "n2": 1.45 * 0.95, "n3": 1.5, "m1": 1.7 * 0.8, "m2": 1.4}
+    raw = {"n1": 0.4 * 1.1, "n2": 0.95 * 1.55, "n3": 1.5, "m1": 0.8 * 1.3, "m2": 1.6}
     expected = [raw[p.rejected] for p in pairs]
     scale = len(expected) / sum(expected)
     assert [p.weight for p in pairs] == pytest.approx([w * scale for w in expected])
     assert sum(p.weight for p in pairs) / len(pairs) == pytest.approx(1.0)
 
 
-def test_gold_positive_for_aft(groups):
-    out, added = with_gold_positive(groups)
-    assert added == 1
-    assert out[0] == groups[0] and out[2] == groups[2]
-    gold = out[1].completions[-1]
-    assert len(out[1].completions) == 3 and gold.text == groups[1].gold_solution
-    assert gold.correct and gold.rank == 1 and gold.ref == (-9.0, 6) and gold.pred == "6"
-    assert gold.profile["answer_mismatch"] == 0.0  # profiled by the MathVerifier
-    assert out[1].provenance["gold_as_positive"] is True
-
-
 def test_build_prefs_files_and_counts(tmp_path, groups):
-    stats = build_prefs(groups, tmp_path, pairing="hard_negative")
+    stats = build_prefs(groups, tmp_path, pairing="hard_negative", gold_as_chosen=True)
     scored = read_groups(tmp_path / "groups.jsonl")
     assert [c.rank for c in scored[0].completions] == [1, 3, 1, 2, 2]
     assert [c.rank for c in scored[1].completions] == [3, 2]
-    assert scored[0].completions[1].profile["pair_weight"] == pytest.approx(1.9 * 0.4)
+    assert scored[0].completions[1].profile["pair_weight"] == pytest.approx(0.4 * 1.1)
     assert scored[0].provenance == {"k": 5}  # provenance is carried over
-    aft = read_groups(tmp_path / "groups_aft.jsonl")
-    assert [len(g.completions) for g in aft] == [5, 3, 1]
+    assert not (tmp_path / "groups_aft.jsonl").exists()  # one file: the datamodule applies gold_as_chosen
     lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["rejected"] == "n2"
     assert stats["ranks"] == {1: 3, 2: 3, 3: 2}
-    assert stats["aft_gold_positive"] == 1 and stats["aft_groups_with_both"] == 2
+    assert stats["gold_as_chosen"] is True and stats["groups_gold_positive"] == 1 and stats["groups_mixed"] == 1
     assert stats["pairs"]["all"]["pairs"] == 8 and stats["pairs"]["one_per_question"]["pairs"] == 2
     assert stats["pairs"]["hard_negative"]["pairs"] == 3 and stats["refs_missing"] == 8 + 2  # q2 has a gold_ref
     assert json.loads((tmp_path / "stats.json").read_text())["pairing"] == "hard_negative"
@@ -133,6 +124,16 @@ def test_build_prefs_caches_reference_scores(tmp_path, groups):
     scored = read_groups(tmp_path / "groups.jsonl")
     n_gold = len(tok(groups[0].gold_solution + tok.eos_token, add_special_tokens=False).input_ids)
     assert scored[0].gold_ref[1] == n_gold and scored[0].gold_ref[0] < 0
-    aft = read_groups(tmp_path / "groups_aft.jsonl")
-    assert aft[1].completions[-1].ref == scored[1].gold_ref  # the gold positive carries the cached gold ref
     assert not (tmp_path / "groups.unscored.jsonl").exists()
+    # mean pair length: chosen and rejected n_tokens (eos included) over the pairs of each rule
+    lengths = [n for g in scored for c in g.completions for n in [c.ref[1]]]
+    assert stats["mean_pair_tokens"]["all"] > 0 and min(lengths) <= stats["mean_pair_tokens"]["all"] <= max(lengths)
+
+
+def test_mean_pair_tokens_by_hand():
+    """q1: pairs (p1,n1), (p1,n2) with refs of 10, 20, 30 tokens: mean of [10, 20, 10, 30] = 17.5."""
+    g = group("q1", [comp("p1", True, ref=(-1.0, 10)), comp("n1", False, 0.9, ref=(-2.0, 20)),
+                     comp("n2", False, 0.5, ref=(-3.0, 30))])
+    assert mean_pair_tokens([g], "all", gold_as_chosen=False) == pytest.approx(17.5)
+    assert mean_pair_tokens([g], "hard_negative", gold_as_chosen=False) == pytest.approx(20.0)  # (p1, n2)
+    assert mean_pair_tokens([group("q", [comp("c", True)])], "all", gold_as_chosen=False) is None

@@ -1,4 +1,5 @@
-"""lnrl-report on a hand-written sweep directory: grouping, mean ± std by hand, failed runs, plots."""
+"""lnrl-report on a hand-written sweep directory: grouping, mean ± std and intervals by hand, paired
+differences to a baseline group, failed runs, plots."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_run(root: Path, name: str, *, method: str, loss: dict, seed: int, metrics: dict | None = None,
-             error: str | None = None, extra_overrides: tuple[str, ...] = ()) -> Path:
-    """A run dir as Hydra + lnrl-train leave it: .hydra/{config,hydra,overrides}.yaml and metrics/failed.json."""
+             error: str | None = None, extra_overrides: tuple[str, ...] = (), generations: list | None = None) -> Path:
+    """A run dir as Hydra + lnrl-train leave it: .hydra/{config,hydra,overrides}.yaml, metrics/failed.json and,
+    with eval on, generations.json (one record per held-out question)."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     target = {"dpo": "DPOModule", "dpo_avg": "DPOModule", "aft": "AFTModule"}[method]
@@ -34,6 +36,8 @@ def make_run(root: Path, name: str, *, method: str, loss: dict, seed: int, metri
         (run / "metrics.json").write_text(json.dumps({**metrics, "method": target, "model": "tiny-llama"}))
     if error is not None:
         (run / "failed.json").write_text(json.dumps({"error_type": "ValueError", "error": error}))
+    if generations is not None:
+        (run / "generations.json").write_text(json.dumps(generations))
     return run
 
 
@@ -100,7 +104,14 @@ def test_grouped_table_numbers(sweep):
         (0.1, "mean"), (0.1, "sum"), (0.5, "mean"), (0.5, "sum")]
     # train/loss only exists in some runs; metrics absent everywhere are not columns.
     assert rep["metrics"] == ["val/answer_acc", "val/gen_len", "rewards/margins", "train/loss"]
-    assert "0.4 ± 0.2" in rep["table"] and "| dpo | dpo | 0.1 | sum | none | 0.5 | 3 | 0 |" in rep["table"]
+    # No per-question records: a t interval over the 3 seed means, 0.4 ± t(0.975, 2) * 0.2 / sqrt(3)
+    # = 0.4 ± 4.302653 * 0.11547 = 0.4 ± 0.49683; with one seed, no interval.
+    assert g["val/answer_acc_interval"] is None and by[(0.1, "sum")]["val/answer_acc_interval"] == "t_seeds"
+    assert by[(0.1, "sum")]["questions"] is None
+    assert (by[(0.1, "sum")]["val/answer_acc_low"], by[(0.1, "sum")]["val/answer_acc_high"]) == pytest.approx(
+        (0.4 - 0.496828, 0.4 + 0.496828), abs=1e-5)
+    assert "| 0.4 [-0.09683, 0.8968] t |" in rep["table"] and "| 0.3 |" in rep["table"]
+    assert "| dpo | dpo | 0.1 | sum | none | 0.5 | 3 |  | 0 |" in rep["table"]
 
 
 def test_files_and_failed_runs(sweep, tmp_path):
@@ -110,14 +121,15 @@ def test_files_and_failed_runs(sweep, tmp_path):
     row = next(r for r in rows if r["loss.beta"] == "0.1" and r["loss.normalize"] == "sum")
     assert float(row["val/answer_acc_mean"]) == pytest.approx(0.4)
     assert float(row["val/answer_acc_std"]) == pytest.approx(0.2)
-    assert row["seeds"] == "0,1,2"
+    assert float(row["val/answer_acc_low"]) == pytest.approx(0.4 - 0.496828, abs=1e-5)
+    assert row["val/answer_acc_interval"] == "t_seeds" and row["seeds"] == "0,1,2"
     runs = read_csv(out / "runs.csv")
     assert sorted(r["status"] for r in runs) == ["failed"] + ["incomplete"] + ["ok"] * 8
     failed = next(r for r in runs if r["status"] == "failed")
     assert failed["error"] == "ValueError: normalize must be sum|mean" and failed["seed"] == "1"
     md = (out / "report.md").read_text()
     assert "## Failed or incomplete runs" in md and "normalize must be sum\\|mean" in md
-    assert {p.name for p in rep["plots"]} == {"acc_vs_beta.png", "len_vs_margin.png"}
+    assert {p.name for p in rep["plots"]} == {"acc_vs_beta.png", "groups.png", "len_vs_margin.png"}
     for p in rep["plots"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({p.name})" in md
     # Every run has loss.boundary 0.5: that plot has no axis, so it is skipped with a note, not drawn empty.
@@ -145,14 +157,15 @@ def test_aft_boundary_plot_and_extra_override_columns(tmp_path):
     assert g["n"] == 2 and g["val/answer_acc_mean"] == pytest.approx(0.505)
     assert g["val/answer_acc_std"] == pytest.approx(0.01 / math.sqrt(2))
     assert "loss.beta" not in rep["table"]  # AFT has no beta: the empty column is dropped
-    assert {p.name for p in rep["plots"]} == {"acc_vs_boundary.png"}
+    assert {p.name for p in rep["plots"]} == {"acc_vs_boundary.png", "groups.png"}
     assert len(rep["notes"]) == 2  # no beta, no reward margins
 
 
 def test_main_prints_table_and_failures(sweep, tmp_path, capsys):
     assert main([str(sweep), "--out", str(tmp_path / "r"), "--metrics", "val/answer_acc", "val/gen_len"]) == 0
     out = capsys.readouterr().out
-    assert "| 0.4 ± 0.2 | 120 ± 20 |" in out and "rewards/margins" not in out
+    # gen_len 100, 120, 140: 120 ± 4.302653 * 20 / sqrt(3) = 120 ± 49.68
+    assert "| 0.4 [-0.09683, 0.8968] t | 120 [70.32, 169.7] t |" in out and "rewards/margins" not in out
     assert "FAILED: loss.beta=0.5" in out and "ValueError: normalize must be sum|mean" in out
     assert (tmp_path / "r" / "report.csv").exists() and not (sweep / "report.md").exists()
 
@@ -163,7 +176,7 @@ def test_cli(sweep, tmp_path):
     res = subprocess.run([sys.executable, "-m", "lnrl.apps.report", str(sweep), "--metrics", "val/answer_acc"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "| 0.4 ± 0.2 |" in res.stdout and "FAILED:" in res.stdout and "INCOMPLETE:" in res.stdout
+    assert "| 0.4 [-0.09683, 0.8968] t |" in res.stdout and "FAILED:" in res.stdout and "INCOMPLETE:" in res.stdout
     assert (sweep / "report.md").exists() and (sweep / "acc_vs_beta.png").exists()
 
 
@@ -172,3 +185,69 @@ def test_cli_errors(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
     assert "no run directory" in capsys.readouterr().err
+
+
+def gens(correct: list[int], tokens: list[int]) -> list[dict]:
+    """generations.json of a training run: one record per held-out question (ids q1..q6)."""
+    return [{"id": f"q{i + 1}", "correct": bool(c), "n_tokens": t, "truncated": False} for i, (c, t)
+            in enumerate(zip(correct, tokens))]
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """DPO normalize sum (seeds 0, 1) vs mean (seeds 0, 1) with per-question records on 6 questions.
+
+    sum:  correct 1 0 0 1 0 0 (both seeds)      -> 1/3; tokens 10..60 -> 35
+    mean: correct 1 1 1 1 0 0 / 1 1 1 1 1 0     -> 0.75; tokens +2 -> 37
+    mean - sum per question (seed means): 0, 1, 1, 0, 1/2, 0 -> +2.5/6; exact sign flip on the 1/4
+    lattice: 2 of 8 patterns as extreme -> p = 0.25. Lengths: +2 on all six -> p = 2/64.
+    """
+    root = tmp_path / "rec"
+    base_tokens = [10, 20, 30, 40, 50, 60]
+    cases = [("sum", 0, [1, 0, 0, 1, 0, 0], 0), ("sum", 1, [1, 0, 0, 1, 0, 0], 0),
+             ("mean", 0, [1, 1, 1, 1, 0, 0], 2), ("mean", 1, [1, 1, 1, 1, 1, 0], 2)]
+    for i, (norm, seed, correct, extra) in enumerate(cases):
+        tokens = [t + extra for t in base_tokens]
+        make_run(root, str(i), method="dpo", loss=dpo(0.1, norm), seed=seed, generations=gens(correct, tokens),
+                 metrics={"val/answer_acc": sum(correct) / 6, "val/gen_len": sum(tokens) / 6, "train/loss": 0.5})
+    return root
+
+
+def test_intervals_from_per_question_records_and_paired_baseline(recorded, tmp_path):
+    rep = report(recorded, tmp_path / "r", baseline="loss.normalize=sum", n_boot=2000)
+    by = {r["loss.normalize"]: r for r in rep["rows"]}
+    mean = by["mean"]
+    assert mean["val/answer_acc_interval"] == "two_way_bootstrap" and mean["questions"] == 6
+    assert mean["val/answer_acc_low"] <= 0.75 <= mean["val/answer_acc_high"]
+    # train/loss has no per-question records: t over the seeds, both 0.5 -> zero width
+    assert mean["train/loss_interval"] == "t_seeds"
+    assert (mean["train/loss_low"], mean["train/loss_high"]) == pytest.approx((0.5, 0.5))
+    (row,) = rep["compared"]
+    d = row["diffs"]["val/answer_acc"]
+    assert row["baseline_label"] == "loss.normalize=sum"
+    assert d["diff"] == pytest.approx(2.5 / 6) and d["p_value"] == pytest.approx(0.25)
+    assert d["test"] == "sign_flip_exact"
+    assert row["diffs"]["val/gen_len"]["p_value"] == pytest.approx(1 / 32)
+    assert row["diffs"]["train/loss"] == {"diff": 0.0, "p_value": None,
+                                           "note": "not tested: no per-question records on both sides"}
+    # Holm over the two tests: 1/32 * 2 = 1/16; 0.25 * 1 -> 0.25.
+    assert row["diffs"]["val/gen_len"]["p_holm"] == pytest.approx(1 / 16) and d["p_holm"] == pytest.approx(0.25)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Paired differences to the baseline (loss.normalize=sum)" in md and "2 paired tests" in md
+    assert f"+0.4167 [{d['low']:.4f}, {d['high']:.4f}], p = 0.25" in md and "bs |" in md
+    diffs = read_csv(tmp_path / "r" / "diffs.csv")
+    assert {r["metric"] for r in diffs} == {"val/answer_acc", "val/gen_len", "train/loss"}
+    assert (tmp_path / "r" / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_without_records_and_bad_specs(sweep, tmp_path, capsys):
+    rep = report(sweep, tmp_path / "r", baseline="loss.normalize=sum", n_boot=200)
+    row = next(r for r in rep["compared"] if r["loss.beta"] == 0.1)
+    # (0.1, mean) 0.25 vs its twin (0.1, sum) 0.4: no records, so the difference is shown untested
+    assert row["diffs"]["val/answer_acc"]["diff"] == pytest.approx(-0.15)
+    assert row["diffs"]["val/answer_acc"]["p_value"] is None
+    assert "-0.15 (not tested)" in rep["diff_table"]
+    assert main([str(sweep), "--out", str(tmp_path / "x"), "--baseline", "nope"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
+    assert main([str(sweep), "--out", str(tmp_path / "x"), "--baseline", "loss.normalize=avg"]) == 2
+    assert "no group has loss.normalize=avg" in capsys.readouterr().err

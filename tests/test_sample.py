@@ -50,7 +50,8 @@ def test_grade_dedupes_extracts_and_profiles():
     comps, dupes = grade(MathVerifier(), ex, gens)
     assert dupes == 1 and [c.text for c in comps] == [gens[0].text, gens[2].text, gens[3].text]
     assert [c.pred for c in comps] == ["6", "7", "6"]
-    assert [c.correct for c in comps] == [True, False, True]
+    # the truncated one stopped on a 6: a cut text's last number is not an answer (lnrl.verify.grade_answer)
+    assert [c.correct for c in comps] == [True, False, False]
     assert [c.truncated for c in comps] == [False, False, True]
     for c in comps:
         assert set(DIMENSIONS) | {"wrongness", "absurdity"} <= set(c.profile)

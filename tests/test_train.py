@@ -70,6 +70,7 @@ def test_resume_continues_step_count_and_data_order(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_runs_and_writes_run_dir(tmp_path):
     res = run_cli([*LNRL_TRAIN, "debug=fast", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -78,6 +79,7 @@ def test_cli_subprocess_runs_and_writes_run_dir(tmp_path):
     assert (runs[0].parent / ".hydra" / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_malformed_jsonl_exits_nonzero_naming_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = {"question": "What is 2+3?", "solution": "2+3=5\n#### 5"}
@@ -88,7 +90,8 @@ def test_malformed_jsonl_exits_nonzero_naming_file_and_line(tmp_path):
     assert f"{bad}:3" in res.stderr + res.stdout
 
 
-@pytest.mark.skipif(not SHARED_GSM8K.is_file(), reason="shared GSM8K file not present")
+@pytest.mark.skipif(not SHARED_GSM8K.is_file(),
+                    reason=f"needs ../shared: the shared GSM8K training split {SHARED_GSM8K} is absent")
 def test_gsm8k_acceptance_command(tmp_path):
     """`lnrl-train model=tiny data=gsm8k data.path=<shared file> trainer.max_steps=5` (issue acceptance)."""
     cfg = compose_cfg([*TINY, "data=gsm8k", f"data.path={SHARED_GSM8K}", "trainer.max_steps=5"], tmp_path)

@@ -405,7 +405,8 @@ def test_malformed_input_never_raises(verifier, solution):
 # --- real GSM8K gold solutions ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(not GSM8K_TRAIN.exists(), reason="shared GSM8K train split not present")
+@pytest.mark.skipif(not GSM8K_TRAIN.exists(),
+                    reason=f"needs ../shared: the shared GSM8K training split {GSM8K_TRAIN} is absent")
 def test_gsm8k_gold_solutions_profile_near_zero(verifier):
     rows = []
     with GSM8K_TRAIN.open() as f:
@@ -432,3 +433,17 @@ def test_gsm_symbolic_gold_solutions_profile_near_zero(verifier):
     assert all(p.answer_mismatch == 0 for p in profiles)
     # a few templates floor a product ("17*0.5=8") or use outside knowledge (26 letters)
     assert sum(p.wrongness == 0 for p in profiles) / len(profiles) >= 0.9
+
+
+def test_is_degenerate_ignores_truncation_and_missing_answers():
+    """Degeneration is looping or garbage text, judged on the text alone: a long sane solution that was cut
+    (the degeneracy dimension counts it) or that gives no final answer is not degenerate."""
+    from lnrl.verify import MathVerifier, is_degenerate
+
+    sane_cut = "He buys 3 packs of 12 eggs, so 3 * 12 = 36 eggs. He uses 4 eggs a day for"
+    loop = "So the answer is 36. " * 12
+    garbage = "#### $$ ## ** -- ++ == ;; ## ** -- ++ == ;; $$ %% ^^ && ** (( ))"
+    assert not is_degenerate(sane_cut)
+    assert MathVerifier().profile("q", sane_cut, "36", truncated=True).degeneracy == 1.0
+    assert is_degenerate(loop) and is_degenerate(garbage)
+    assert not is_degenerate("He has 3 + 4 = 7 apples.\n#### 7")

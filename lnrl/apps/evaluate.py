@@ -3,7 +3,9 @@
     lnrl-eval model=hf model.path=<run>/hf_model data=gsm_symbolic
     lnrl-eval ... eval.candidates_path=<lnrl-sample split=eval dir>/groups.jsonl   # + val/assessment_acc
 
-Writes metrics.json and generations.jsonl (one record per question) into its run dir.
+Writes into its run dir: metrics.json (aggregates), generations.jsonl (one record per held-out question),
+assessment.jsonl (per candidate question: pairs, correctly ordered pairs) and nll.jsonl (per question:
+gold-CoT log-likelihood and tokens) — the per-question records the results tables bootstrap over.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from omegaconf import DictConfig
 
 from lnrl.apps import CONF
 from lnrl.data.records import read_groups
-from lnrl.evaluation import evaluate_model
+from lnrl.evaluation import evaluate_model, near_miss_ids
 from lnrl.models import load_policy, pick_device
 from lnrl.utils import build_datamodule, to_dict, write_json, write_jsonl
 
@@ -31,15 +33,19 @@ def evaluate(cfg: DictConfig) -> dict:
     dm = build_datamodule(cfg, tokenizer)
     dm.setup("validate")
     examples = dm.eval_examples[: cfg.eval.n_examples or None]
-    candidates = read_groups(cfg.eval.candidates_path) if cfg.eval.get("candidates_path") else None
-    metrics, records = evaluate_model(model, tokenizer, examples, max_new_tokens=cfg.eval.max_new_tokens,
-                                      batch_size=cfg.eval.batch_size, max_length=dm.max_length,
-                                      system_prompt=dm.system_prompt, candidates=candidates,
-                                      include_gold=cfg.eval.get("include_gold", True))
-    metrics["model"] = cfg.model.name
+    candidates = read_groups(cfg.eval.candidates_path) if cfg.eval.candidates_path else None
+    near = near_miss_ids(cfg.eval.near_miss_from) if cfg.eval.near_miss_from else None
+    result = evaluate_model(model, tokenizer, examples, max_new_tokens=cfg.eval.max_new_tokens,
+                            batch_size=cfg.eval.batch_size, max_length=dm.max_length, system_prompt=dm.system_prompt,
+                            candidates=candidates, include_gold=cfg.eval.include_gold,
+                            nll_examples=cfg.eval.nll_examples, near_miss_ids=near)
+    metrics = {**result.metrics, "model": cfg.model.name}
     out = Path(cfg.paths.output_dir)
-    write_json(out / "metrics.json", metrics)
-    write_jsonl(out / "generations.jsonl", records)
+    # Per-question records next to the aggregates, so a results table can give intervals and pair models.
+    write_jsonl(out / "generations.jsonl", result.generations)
+    write_jsonl(out / "assessment.jsonl", result.assessment)
+    write_jsonl(out / "nll.jsonl", result.nll)
+    write_json(out / "metrics.json", metrics)  # last: its presence marks the stage done
     log.info("metrics: %s", json.dumps(metrics, indent=2))
     return metrics
 

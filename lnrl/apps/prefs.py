@@ -2,8 +2,7 @@
 
     lnrl-prefs input=outputs/demo/sample/groups.jsonl model=hf model.path=outputs/demo/vft/hf_model
 
-Writes groups.jsonl (DPO / weighted DPO), groups_aft.jsonl (AFT), pairs.jsonl and stats.json to
-`out_dir` (lnrl.preferences). Reference scores use `data.max_length` / `data.system_prompt`, as training.
+Writes groups.jsonl (every method reads it), pairs.jsonl and stats.json to `out_dir` (lnrl.preferences). Reference scores use `data.max_length` / `data.system_prompt`, as training.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ def prefs(cfg: DictConfig) -> dict:
     return build_prefs(groups, cfg.out_dir, ref_model=model, tokenizer=tokenizer, ref_model_name=name,
                        max_length=cfg.data.max_length, system_prompt=cfg.data.get("system_prompt"),
                        batch_size=cfg.batch_size, pairing=cfg.data.pairing, gold_as_chosen=cfg.data.gold_as_chosen,
-                       gold_as_positive=cfg.gold_as_positive, near_wrongness=cfg.near_wrongness, w_min=cfg.w_min)
+                       near_wrongness=cfg.near_wrongness, w_min=cfg.w_min)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="prefs")

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,26 +22,69 @@ from omegaconf import DictConfig, OmegaConf
 
 from lnrl.apps import CONF
 from lnrl.callbacks import GenerationEval
+from lnrl.checkpoint_io import check_checkpoint
 from lnrl.dashboard import name_wandb_run
 from lnrl.models import export_module, load_tokenizer
 from lnrl.sweep import run_point
-from lnrl.utils import build_all, build_datamodule, to_dict, write_json
+from lnrl.utils import build_all, build_datamodule, check_required, to_dict, write_json
 
 log = logging.getLogger(__name__)
+
+# ckpt_path values Lightning resolves itself (to a checkpoint its callbacks know), not file names.
+CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def check_takes_steps(cfg: DictConfig) -> None:
+    """Refuse a run that would fit without one optimizer step: it would exit 0 and write an untrained
+    model and its metrics, which a sweep counts as a success. (An empty training set is refused by the
+    datamodule; a run that still took no step is refused after fit.)"""
+    if not cfg.get("train", True):
+        return  # train=false: no fit asked for
+    for key in ("max_steps", "max_epochs", "limit_train_batches"):
+        value = cfg.trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            raise ValueError(f"trainer.{key}={value}: the run would take no optimizer step and save an untrained "
+                             f"model as if trained; expected trainer.max_steps >= 1 (or -1: until max_epochs), "
+                             f"trainer.max_epochs >= 1 (or -1) and trainer.limit_train_batches > 0. To evaluate "
+                             f"a model without training use lnrl-eval")
+
+
+def build(cfg: DictConfig, tokenizer=None):
+    """(tokenizer, datamodule, module) of a config; the model itself is loaded later, in fit."""
+    tokenizer = load_tokenizer(cfg.model) if tokenizer is None else tokenizer
+    datamodule = build_datamodule(cfg, tokenizer)
+    module = instantiate(cfg.method, model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
+                         scheduler=to_dict(cfg.scheduler), tokenizer=tokenizer, _convert_="all")
+    datamodule.use_kind(module.data_kind, method=type(module).__name__)  # the kind's home: the module class
+    return tokenizer, datamodule, module
+
+
+def preflight(cfg: DictConfig) -> None:
+    """The configuration errors a run would hit before training, found without loading a model or reading
+    the data: lnrl.sweep checks a sweep's points with it before launching any."""
+    check_required(cfg)
+    check_takes_steps(cfg)
+    _, datamodule, _ = build(cfg, _tokenizer(json.dumps(to_dict(cfg.model), sort_keys=True)))
+    datamodule.check_files()
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model_cfg: str):
+    return load_tokenizer(json.loads(model_cfg))  # one load for all the points of a sweep
 
 
 def train(cfg: DictConfig) -> dict:
     """Run one training job from a composed config; return its metrics (also written to metrics.json)."""
     start = time.time()
+    check_takes_steps(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if cfg.train and ckpt_path and str(ckpt_path) not in CKPT_KEYWORDS:
+        check_checkpoint(ckpt_path)  # damaged: name it and the newest intact one, before loading anything
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = load_tokenizer(cfg.model)
-    datamodule = build_datamodule(cfg, tokenizer)
-    module = instantiate(cfg.method, model=to_dict(cfg.model), loss=to_dict(cfg.loss), optim=to_dict(cfg.optim),
-                         scheduler=to_dict(cfg.scheduler), tokenizer=tokenizer, _convert_="all")
-    datamodule.use_kind(module.data_kind, method=type(module).__name__)  # the kind's home: the module class
+    tokenizer, datamodule, module = build(cfg)
 
     evaluator = GenerationEval(**cfg.eval)
     loggers = build_all(name_wandb_run(cfg.get("logger"), cfg))  # wandb group/name/tags from the sweep point
@@ -53,7 +98,11 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.global_step == 0:
+            raise RuntimeError(f"fit took no optimizer step (trainer: max_steps={trainer.max_steps}, max_epochs="
+                               f"{trainer.max_epochs}, {trainer.num_training_batches} training batches per epoch): "
+                               f"the model is untrained; no metrics written")
     datamodule.setup("fit")
     write_json(run_dir / "data_split.json", {"split": datamodule.split_info, "stats": datamodule.stats})
 

@@ -44,6 +44,9 @@ class Pair:
     ref_rejected: tuple[float, int] | None
     weight: float = 1.0
     meta: dict = field(default_factory=dict)
+    # Cut at the sampling token limit: encoded without an eos (lnrl.data.tokenize).
+    chosen_truncated: bool = False
+    rejected_truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ def make_pairs(groups: list[GroupRecord], rule: str = "all", gold_as_chosen: boo
                 id=f"{g.id}/c{ch.index}-r{rj.index}", question=g.question,
                 chosen=ch.completion.text, rejected=rj.completion.text,
                 ref_chosen=ch.completion.ref, ref_rejected=rj.completion.ref, weight=float(weight),
+                chosen_truncated=bool(ch.completion.truncated), rejected_truncated=bool(rj.completion.truncated),
                 meta={"group_id": g.id, "chosen": ch.index, "rejected": rj.index, "rule": rule,
                       "gold_chosen": used_gold},
             ))

@@ -39,6 +39,19 @@ def where(path: str | Path, line: int | None) -> str:
     return f"{path}:{line}" if line is not None else str(path)
 
 
+def check_file(path: str | Path, what: str = "input file") -> Path:
+    """`path` as a Path when it is a readable file with some content; otherwise DataError naming it and
+    `what` it was meant to be (a raw FileNotFoundError names no setting)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such file ({what})")
+    if p.is_dir():
+        raise DataError(f"{path}: a directory, not a file ({what})")
+    if p.stat().st_size == 0:
+        raise DataError(f"{path}: empty file, 0 bytes ({what})")
+    return p
+
+
 def check_on_error(on_error: str) -> None:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}; expected one of {ON_ERROR}")
@@ -297,12 +310,15 @@ def read_groups(path: str | Path, on_error: str = "raise", stats: dict | None = 
 
     A malformed line or a missing/ill-typed field raises DataError("path:line: field 'x': ...");
     with on_error="skip" the line is skipped, counted in stats["skipped"] and a warning logged.
-    Duplicate ids are an error either way (pairs and caches are keyed by id).
+    Duplicate ids are an error either way (pairs and caches are keyed by id). A missing path is a
+    DataError naming it; an empty file gives no groups (a trainer refuses that, naming the file).
     """
     stats = {} if stats is None else stats
     stats.setdefault("skipped", 0)
     groups: list[GroupRecord] = []
     seen: dict[str, int] = {}
+    if not Path(path).is_file():
+        check_file(path, "group file")  # names what is wrong: missing, a directory
     for lineno, obj in iter_jsonl(path, on_error, stats):
         loc = where(path, lineno)
         try:

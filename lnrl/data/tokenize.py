@@ -7,7 +7,9 @@ A training row is  prompt_ids + completion_ids  where
 
 Both halves are tokenized separately and concatenated, never re-tokenized across the boundary, so
 the prompt the model sees in training is exactly the prompt `encode_prompt` gives generation.
-The eos (`<|im_end|>` for SmolLM2) closes the completion so the model learns to stop.
+The eos (`<|im_end|>` for SmolLM2) closes the completion so the model learns to stop. A sampled
+completion that was cut at max_new_tokens (`truncated`) never ended, so it is encoded without the eos:
+scoring or training an end-of-turn the model never produced would misstate the sample.
 completion_mask is 1 exactly on completion tokens: only they are scored and trained on.
 """
 
@@ -36,12 +38,18 @@ def messages(question: str, system_prompt: str | None = None) -> list[dict]:
 
 def encode_prompt(tokenizer, question: str, system_prompt: str | None = None) -> list[int]:
     """Prompt ids for generation: the chat template with the assistant turn opened."""
-    return _ids(tokenizer.apply_chat_template(messages(question, system_prompt), add_generation_prompt=True,
-                                              tokenize=True))
+    return encode_chat(tokenizer, messages(question, system_prompt))
 
 
-def encode_completion(tokenizer, completion: str) -> list[int]:
-    return _ids(tokenizer(completion + tokenizer.eos_token, add_special_tokens=False))
+def encode_chat(tokenizer, msgs: list[dict]) -> list[int]:
+    """Prompt ids of a conversation (outside data's prompt messages, lnrl/data/trl_format.py): the chat
+    template with the assistant turn opened, exactly as `encode_prompt` does for one question."""
+    return _ids(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+
+
+def encode_completion(tokenizer, completion: str, eos: bool = True) -> list[int]:
+    """Completion ids, closed by the eos unless `eos` is false (a completion cut by the token limit)."""
+    return _ids(tokenizer(completion + (tokenizer.eos_token if eos else ""), add_special_tokens=False))
 
 
 def _count(stats: dict | None, key: str) -> None:
@@ -74,7 +82,8 @@ def join(prompt_ids: list[int], completion_ids: list[int], max_length: int, over
 
 
 def encode(tokenizer, question: str, completion: str, max_length: int, system_prompt: str | None = None,
-           overlong: str = "truncate", stats: dict | None = None) -> dict | None:
-    """{"input_ids", "completion_mask"} for one (question, completion), or None when dropped."""
-    return join(encode_prompt(tokenizer, question, system_prompt), encode_completion(tokenizer, completion),
+           overlong: str = "truncate", stats: dict | None = None, eos: bool = True) -> dict | None:
+    """{"input_ids", "completion_mask"} for one (question, completion), or None when dropped.
+    eos=False for a completion that was cut by the token limit (module docstring)."""
+    return join(encode_prompt(tokenizer, question, system_prompt), encode_completion(tokenizer, completion, eos),
                 max_length, overlong, stats)

@@ -1,72 +1,121 @@
-"""Held-out metrics of one model: answer accuracy, length and degeneration of greedy generations, the
-token NLL of the gold solutions, and (with candidate CoTs) assessment accuracy."""
+"""Held-out metrics of one model: answer accuracy, length, truncation and degeneration of greedy
+generations, the token NLL of the gold solutions, and (with candidate CoTs) assessment accuracy.
+
+Every metric comes with its per-question records (`EvalResult`), so a results table can put a
+bootstrap interval on it and pair two models on the same questions (lnrl.reporting, lnrl.stats).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from lnrl.data.records import Example, GroupRecord
+from lnrl.data.records import Example, GroupRecord, iter_jsonl
 from lnrl.data.tokenize import encode
 from lnrl.evaluation.assessment import assessment_accuracy
 from lnrl.generation import generate
 from lnrl.scoring import score_rows
-from lnrl.verify import MathVerifier
-from lnrl.verify.answers import answers_match, extract_answer
-from lnrl.verify.profile import DEGENERATE_AT
+from lnrl.verify import MathVerifier, grade_answer, is_degenerate
+from lnrl.verify.profile import is_near_miss
+
+
+def near_miss_ids(records: Sequence[dict] | str | Path) -> set[str]:
+    """The questions a model (e.g. the VFT baseline) answered wrong but nearly right (`is_near_miss`),
+    from its generation records (or its generations.jsonl): the subset on which weighted and plain DPO
+    are compared."""
+    if isinstance(records, (str, Path)):
+        records = [obj for _, obj in iter_jsonl(records)]
+    return {r["id"] for r in records if is_near_miss(bool(r["correct"]), r.get("profile"))}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    generations: list[dict]                               # one per held-out question
+    assessment: list[dict] = field(default_factory=list)  # one per candidate question with pairs
+    nll: list[dict] = field(default_factory=list)         # one per held-out question with a scored gold CoT
 
 
 def answer_accuracy(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int = 256,
-                    batch_size: int = 16, system_prompt: str | None = None,
+                    batch_size: int = 16, system_prompt: str | None = None, near_miss_ids: Collection[str] | None = None,
                     progress: bool = True) -> tuple[dict[str, float], list[dict]]:
-    """Greedy-decode every question; return (metrics, one record per example)."""
+    """Greedy-decode every question; return (metrics, one record per example).
+
+    A record is graded by `lnrl.verify.grade_answer` (a truncated generation is never correct through
+    the last-number fallback). `degenerate` is looping/garbage text judged on its own
+    (`lnrl.verify.is_degenerate`), not the token limit: `truncated` and `no_answer` are separate flags
+    and rates. `near_miss_ids`: the questions of a reference model's near misses (e.g. the VFT model's,
+    `near_miss_ids(records)`), flagged on every model's records so all models are compared on the same
+    subset (`val/near_miss_acc`).
+    """
     gens = generate(model, tokenizer, [e.question for e in examples], max_new_tokens=max_new_tokens,
                     batch_size=batch_size, system_prompt=system_prompt, desc="eval: generate",
                     progress=progress)
     records = []
     verifier = MathVerifier()
     for ex, (g,) in zip(examples, gens):
-        pred = extract_answer(g.text)
+        pred, correct = grade_answer(g.text, ex.answer, truncated=g.truncated)
         profile = verifier.profile(ex.question, g.text, ex.answer, truncated=g.truncated)
         records.append({"id": ex.id, "question": ex.question, "answer": ex.answer, "completion": g.text,
-                        "pred": pred, "correct": answers_match(pred, ex.answer),
-                        "n_tokens": g.n_tokens, "truncated": g.truncated, "degeneracy": profile.degeneracy,
-                        "profile": profile.to_dict()})
+                        "pred": pred, "correct": correct, "n_tokens": g.n_tokens, "truncated": g.truncated,
+                        "no_answer": pred is None, "degenerate": is_degenerate(g.text),
+                        "near_miss": None if near_miss_ids is None else ex.id in near_miss_ids,
+                        "degeneracy": profile.degeneracy, "profile": profile.to_dict()})
     n = max(len(records), 1)
     metrics = {
         "val/answer_acc": sum(r["correct"] for r in records) / n,
         "val/gen_len": sum(r["n_tokens"] for r in records) / n,
         "val/truncated_rate": sum(r["truncated"] for r in records) / n,
-        "val/degenerate_rate": sum(r["degeneracy"] >= DEGENERATE_AT for r in records) / n,
+        "val/degenerate_rate": sum(r["degenerate"] for r in records) / n,
+        "val/no_answer_rate": sum(r["no_answer"] for r in records) / n,
     }
+    if near_miss_ids is not None:
+        near = [r for r in records if r["near_miss"]]
+        metrics["val/near_miss_questions"] = float(len(near))
+        if near:
+            metrics["val/near_miss_acc"] = sum(r["correct"] for r in near) / len(near)
     return metrics, records
 
 
 def gold_nll(model, tokenizer, examples: Sequence[Example], *, max_length: int = 512, batch_size: int = 8,
-             system_prompt: str | None = None, progress: bool = True) -> float:
-    """Token-level NLL of the gold solutions (mean over all solution tokens, as VFT trains it)."""
+             system_prompt: str | None = None, progress: bool = True) -> tuple[float, list[dict]]:
+    """(token-level NLL of the gold solutions, one {id, logp_sum, n_tokens} record per scored question):
+    the mean over all solution tokens, as VFT trains it."""
     rows = [encode(tokenizer, e.question, e.solution, max_length, system_prompt=system_prompt) for e in examples]
-    scores = [s for s in score_rows(model, rows, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
-                                    progress=progress, desc="eval: gold nll") if s is not None]
-    total_tokens = sum(n for _, n in scores)
-    return -sum(lp for lp, _ in scores) / max(total_tokens, 1)
+    scores = score_rows(model, rows, pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress,
+                        desc="eval: gold nll")
+    records = [{"id": e.id, "logp_sum": lp, "n_tokens": n} for e, s in zip(examples, scores) if s is not None
+               for lp, n in [s]]
+    total_tokens = sum(r["n_tokens"] for r in records)
+    return -sum(r["logp_sum"] for r in records) / max(total_tokens, 1), records
 
 
 def evaluate_model(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int = 256,
                    batch_size: int = 16, max_length: int = 512, system_prompt: str | None = None,
-                   candidates: Sequence[GroupRecord] | None = None, include_gold: bool = True,
-                   progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+                   candidates: Sequence[GroupRecord] | None = None, include_gold: bool = False,
+                   nll_examples: int | None = None, near_miss_ids: Collection[str] | None = None,
+                   progress: bool = True) -> EvalResult:
     """All generation-free and generation-based held-out metrics of one model.
 
     With `candidates` (group records of held-out questions, e.g. `lnrl-sample split=eval` output)
-    also `val/assessment_acc` (lnrl.evaluation.assessment).
+    also `val/assessment_acc` over the generated candidates (the AFT paper's definition) and, with
+    `include_gold`, `val/assessment_acc_gold` with each gold CoT as an extra correct candidate
+    (lnrl.evaluation.assessment). `nll_examples`: score the gold NLL on the first n questions only
+    (it costs a forward pass per question; None = all).
     """
     metrics, records = answer_accuracy(model, tokenizer, examples, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, system_prompt=system_prompt, progress=progress)
-    metrics["val/nll"] = gold_nll(model, tokenizer, examples, max_length=max_length,
-                                  batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+                                       batch_size=batch_size, system_prompt=system_prompt,
+                                       near_miss_ids=near_miss_ids, progress=progress)
+    nll_set = examples[:nll_examples] if nll_examples is not None else examples
+    metrics["val/nll"], nll = gold_nll(model, tokenizer, nll_set, max_length=max_length, batch_size=batch_size,
+                                       system_prompt=system_prompt, progress=progress)
+    metrics["val/nll_questions"] = float(len(nll))
+    assessment: list[dict] = []
     if candidates:
-        metrics.update(assessment_accuracy(model, tokenizer, candidates, include_gold=include_gold,
-                                           batch_size=batch_size, max_length=max_length,
-                                           system_prompt=system_prompt, progress=progress))
+        found, assessment = assessment_accuracy(model, tokenizer, candidates, include_gold=include_gold,
+                                                batch_size=batch_size, max_length=max_length,
+                                                system_prompt=system_prompt, progress=progress)
+        metrics.update(found)
     metrics["val/n_examples"] = float(len(examples))
-    return metrics, records
+    return EvalResult(metrics, records, assessment, nll)

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from lnrl.checks import is_number
 from lnrl.scoring import check_normalize
 
 KINDS = ("pairwise", "group", "token")
@@ -120,6 +121,15 @@ def check_param(loss: str, field: str, value: Any, ok: bool, expected: str) -> A
     return value
 
 
+def check_numeric_params(spec: LossSpec, kwargs: Mapping[str, Any]) -> None:
+    """Every hyperparameter whose default is a number must be given a finite number: `loss.beta=abc`
+    is named here, not left to a `float('abc')` inside the loss that names no key."""
+    for field, value in kwargs.items():
+        default = spec.params.get(field, inspect.Parameter.empty)
+        if is_number(default):
+            check_param(spec.name, field, value, is_number(value), "a finite number")
+
+
 def discover(package: str) -> list[str]:
     """Import every module of `package` (skipping `_private` ones) so their @register_loss run."""
     pkg = importlib.import_module(package)
@@ -158,6 +168,7 @@ def build_loss(name: str, **kwargs: Any):
         raise TypeError(f"loss {name!r} needs argument(s) {', '.join(missing)}")
     if "normalize" in kwargs:
         check_normalize(kwargs["normalize"], f"loss {name!r}: normalize")
+    check_numeric_params(spec, kwargs)
     loss = spec.factory(**kwargs)
     if getattr(loss, "name", None) != name:
         try:  # factory-built callables (functions, partials) learn their name so check_compatible finds them

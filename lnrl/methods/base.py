@@ -19,26 +19,39 @@ Reference scores go to every term whose registry spec says `needs_reference`, wh
 - `reference: live`: a frozen copy of the starting model, loaded like the policy (and sharded like it
   under trainer=fsdp2), scored under no_grad. It is kept out of the module's registered children on
   purpose: not checkpointed, not handed to the optimizer, not moved or wrapped by the strategy.
-`live_reference(rows)` is the one place a reference model scores rows: a PEFT/LoRA option would
-override it (and `configure_reference`) to score with the adapter disabled instead of a second copy.
+`live_reference(rows)` is the one place a reference model scores rows. With LoRA (`model.lora`) no copy
+is loaded: the reference is the policy with its adapter disabled, which is exactly the frozen base.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lnrl.checkpoint_io import PoisonedStateError, resume_hint
+from lnrl.checks import is_number
 from lnrl.distributed import reduce_metrics, shard_for_trainer
 from lnrl.losses import LossOutput, LossSpec, build_loss, check_compatible
 from lnrl.models import load_model, load_tokenizer
+from lnrl.models.lora import is_lora, lora_spec
 from lnrl.scoring import SeqScores, sequence_logps
 
 REFERENCES = ("cached", "live")
+# The NaN guard's bounds on "finite but absurd" (docs/reliability.md). Real training sits orders of magnitude
+# below them: a token NLL is at most a few tens, a DPO loss about beta * |margin| (hundreds at most), a
+# gradient norm before clipping rarely above 1e3. Above them the setup is numerically broken
+# (loss.beta=1e30: the sigmoid saturates and the loss is 0 or 1e31; optim.lr=1e30: the update overflows)
+# and the run stops before the update instead of training on noise and exiting 0.
+LOSS_LIMIT = 1e6
+GRAD_NORM_LIMIT = 1e8
+WEIGHT_NORM_LIMIT = 1e10  # the L2 norm of all weights after a step (a 70B model's is about 1e4)
 ROWS = ("input_ids", "attention_mask", "completion_mask")
 
 
@@ -64,16 +77,52 @@ def build_factory(value: Any, key: str) -> tuple[Callable | None, dict]:
     if not value:
         return None, {}
     if isinstance(value, functools.partial):
+        check_factory(value, key)
         target = f"{value.func.__module__}.{value.func.__qualname__}"
         return value, {"_target_": target, "_partial_": True, **value.keywords}
     if isinstance(value, Mapping) and value.get("_target_"):
         if not value.get("_partial_"):
             raise ValueError(f"{key}: set {key}._partial_=true; the module calls it once the parameters "
                              f"(and the number of steps) are known")
-        return instantiate(dict(value), _convert_="all"), dict(value)
+        factory = instantiate(dict(value), _convert_="all")
+        check_factory(factory, key)
+        return factory, dict(value)
     raise ValueError(f"{key}: expected a `_target_` config with `_partial_: true` (lnrl/conf/{key}/*.yaml, "
                      f"e.g. {key}=adamw | sgd for optim, cosine | constant for scheduler), got {value!r}. "
                      f"`{key}.name` is no longer read: pick the config option instead")
+
+
+def check_factory(factory: functools.partial, key: str) -> None:
+    """Fail at construction, naming the config key, on an optimizer or schedule the module could not build:
+    a numeric argument given a non-number (`optim.lr=abc`), or one its target refuses (`optim.lr=-1`).
+    Checked against the target's signature and by building it once on a dummy parameter."""
+    target = f"{factory.func.__module__}.{factory.func.__qualname__}"
+    try:
+        params = inspect.signature(factory.func).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for name, value in factory.keywords.items():
+        default = params[name].default if name in params else None
+        numbers = default if isinstance(default, tuple) and default and all(map(is_number, default)) else None
+        if is_number(default) and not is_number(value):
+            raise ValueError(f"{key}.{name}={value!r}: expected a finite number ({target}, default {default})")
+        if numbers and not (isinstance(value, Sequence) and not isinstance(value, str)
+                            and len(value) == len(numbers) and all(map(is_number, value))):
+            raise ValueError(f"{key}.{name}={value!r}: expected {len(numbers)} finite numbers, "
+                             f"e.g. {list(numbers)} ({target})")
+    probe = torch.nn.Parameter(torch.zeros(1))
+    try:
+        if key == "scheduler":
+            factory(torch.optim.SGD([probe], lr=1.0), total_steps=10)
+        else:
+            factory([probe])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{key} ({target}) refuses its arguments {factory.keywords}: {e} "
+                         f"(the {key}.* keys of your config)") from None
+
+
+_ABSURD_HINT = ("Lower optim.lr, check loss.* (e.g. loss.beta) and the data; the bounds are LOSS_LIMIT, "
+                "GRAD_NORM_LIMIT and WEIGHT_NORM_LIMIT in lnrl.methods.base (docs/reliability.md).")
 
 
 class LnrlModule(pl.LightningModule):
@@ -163,14 +212,37 @@ class LnrlModule(pl.LightningModule):
     def configure_model(self) -> None:
         # Built here rather than in __init__ so sharded strategies can wrap it before it is materialised.
         if self.model is None:
-            # Under trainer=fsdp2 this shards per decoder block; otherwise it returns the model as is.
-            self.model = shard_for_trainer(load_model(self.model_cfg, self.tokenizer), self)
+            self.check_lora_strategy()
+            model = load_model(self.model_cfg, self.tokenizer)
+            if is_lora(model):
+                # Shard the transformers model inside peft's wrapper, in place: generate() bypasses the
+                # wrapper's forward, so a sharded wrapper's root hooks would never gather the embeddings.
+                shard_for_trainer(model.get_base_model(), self)
+                self.model = model
+            else:
+                # Under trainer=fsdp2 this shards per decoder block; otherwise it returns the model as is.
+                self.model = shard_for_trainer(model, self)
             self.model.train()  # from_pretrained returns eval mode; dropout is off either way
         if self.reference == "live" and self.needs_reference and not self._ref_model:
             self.configure_reference()
 
+    def check_lora_strategy(self) -> None:
+        """LoRA (model.lora) under trainer=fsdp (FSDP1, GPU only) is refused before the model loads: FSDP1
+        flattens each block's frozen base weights and trainable adapters together, which lnrl does not
+        test. FSDP2 (trainer=fsdp2) shards per parameter and is supported (docs/distributed.md)."""
+        strategy = getattr(self._trainer, "strategy", None)
+        if lora_spec(self.model_cfg) is None or strategy is None:
+            return
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(strategy, FSDPStrategy):
+            raise ValueError("model.lora is set but trainer=fsdp (FSDPStrategy, FSDP1) does not support LoRA "
+                             "in lnrl; use trainer=fsdp2 (FSDP2 shards LoRA runs), trainer=gpu, or model.lora=null")
+
     def configure_reference(self) -> None:
-        """Load the live reference: a frozen copy of the starting model."""
+        """Load the live reference: a frozen copy of the starting model (none with LoRA: live_reference)."""
+        if is_lora(self.model):
+            return
         ref = load_model(self.model_cfg, self.tokenizer)
         ref.eval()
         ref.requires_grad_(False)
@@ -202,6 +274,10 @@ class LnrlModule(pl.LightningModule):
     @torch.no_grad()
     def live_reference(self, rows: Mapping[str, Tensor]) -> SeqScores:
         """Score `rows` with the frozen reference. The override point for another reference source."""
+        if is_lora(self.model):
+            # LoRA trains only the adapters: with them disabled the policy is the frozen starting model.
+            with self.model.disable_adapter():
+                return self.score(rows)
         ref = self.ref_model
         if next(ref.parameters()).device != rows["input_ids"].device:
             ref.to(rows["input_ids"].device)  # not a registered child, so Lightning does not move it
@@ -245,7 +321,11 @@ class LnrlModule(pl.LightningModule):
     def configure_optimizers(self):
         # trainer.model: the (possibly sharded) module whose parameters the strategy manages.
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        optimizer = self.optim_factory(params)
+        try:
+            optimizer = self.optim_factory(params)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"optim ({self.hparams.optim.get('_target_')}) refuses its arguments: {e} "
+                             f"(the optim.* keys of your config)") from e
         if self.scheduler_factory is None:
             return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -264,14 +344,80 @@ class LnrlModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # Logged here (not with LearningRateMonitor) so it works with logger=none too.
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # The gradients about to be applied (accumulated, before clipping): a non-finite or absurd norm
+        # stops the run before the update. The norm is global, so every rank decides alike.
+        norm = self._global_norm([p.grad for g in optimizer.param_groups for p in g["params"]
+                                  if p.grad is not None])
+        if not norm <= GRAD_NORM_LIMIT:  # also NaN
+            what = ("not finite" if not math.isfinite(norm) else
+                    f"{norm:.3g}, above GRAD_NORM_LIMIT={GRAD_NORM_LIMIT:g}")
+            raise FloatingPointError(
+                f"gradient norm {what} at global step {self.global_step} (epoch {self.current_epoch}); the weights "
+                f"were not updated. {_ABSURD_HINT} {self._resume_hint()}")
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # The update itself can overflow with finite gradients (optim.lr=1e30): check the weights before
+        # the step's checkpoint is written (ModelCheckpoint runs at batch end), so none is ever non-finite.
+        norm = self._global_norm([p for g in optimizer.param_groups for p in g["params"]])
+        if not norm <= WEIGHT_NORM_LIMIT:
+            what = ("non-finite" if not math.isfinite(norm) else
+                    f"absurd (norm {norm:.3g} > WEIGHT_NORM_LIMIT={WEIGHT_NORM_LIMIT:g})")
+            raise PoisonedStateError(
+                f"the optimizer update at global step {self.global_step} made the weights {what}; this state is "
+                f"not saved. {_ABSURD_HINT} {self._resume_hint()}")
 
     def on_before_backward(self, loss: Tensor) -> None:
-        # Stop before a NaN reaches the weights; OnExceptionCheckpoint then saves the intact state.
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, batch of "
-                f"epoch {self.current_epoch}; weights were not updated. Lower optim.lr or check the data; "
-                f"resume with ckpt_path=<run dir>/checkpoints/on_exception.ckpt")
+        # Stop before a NaN (or an absurd value) reaches the weights. Every rank must agree before backward:
+        # under FSDP a rank that stopped alone would leave the others waiting in the gradient reduce-scatter.
+        value = float(loss.detach().float())
+        bad = not abs(value) <= LOSS_LIMIT  # also NaN
+        n_bad = self._count_ranks(bad)
+        if not n_bad:
+            return
+        if not bad:
+            what = "non-finite or absurd training loss on another rank"
+        elif math.isfinite(value):
+            what = f"absurd training loss ({value:.3g}, above LOSS_LIMIT={LOSS_LIMIT:g})"
+        else:
+            what = f"non-finite training loss ({value})"
+        world = self._trainer.world_size if self._trainer is not None else 1
+        ranks = f" ({n_bad} of {world} ranks)" if world > 1 else ""
+        raise FloatingPointError(f"{what}{ranks} at global step {self.global_step}, epoch {self.current_epoch}; "
+                                 f"weights were not updated. {_ABSURD_HINT} {self._resume_hint()}")
+
+    def _count_ranks(self, flag: bool) -> int:
+        """On how many ranks `flag` holds: one all-reduce of a scalar when there are several ranks."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return int(flag)
+        return int(trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum").item())
+
+    def _global_norm(self, tensors: list[Tensor]) -> float:
+        """L2 norm over all ranks of `tensors` (the local shards of sharded ones); inf or NaN when a value is
+        not finite. Exact for the sharded strategies (fsdp, fsdp2), whose ranks hold disjoint shards."""
+        local = [(t.to_local() if hasattr(t, "to_local") else t).detach() for t in tensors]
+        local = [t for t in local if t.numel()]
+        sq = (torch.nn.utils.get_total_norm(local).double() ** 2 if local
+              else torch.zeros((), dtype=torch.float64, device=self.device))
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            sq = trainer.strategy.reduce(sq.to(self.device), reduce_op="sum")
+        return math.sqrt(sq.item()) if math.isfinite(sq.item()) else sq.item()
+
+    def _resume_hint(self) -> str:
+        return resume_hint(self._trainer) if self._trainer is not None else ""
+
+    def configure_callbacks(self):
+        # Every run logs throughput and memory (perf/*), whatever `callbacks=` says: callbacks=none turns off
+        # checkpoints, not measurement. A PerfMonitor the trainer already has (conf/callbacks/default.yaml) wins.
+        from lnrl.callbacks import PerfMonitor
+
+        trainer = self._trainer
+        if trainer is not None and any(isinstance(c, PerfMonitor) for c in trainer.callbacks):
+            return []
+        return [PerfMonitor()]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lnrl_model_cfg"] = self.model_cfg

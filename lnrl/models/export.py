@@ -1,7 +1,9 @@
 """Writing a policy as a `save_pretrained` directory that `model=hf model.path=<dir>` loads: from a
 checkpoint on disk (`export_checkpoint`, the lnrl-export app) or from a module after fit
 (`export_module`, lnrl-train's `export_hf`). Only the policy (`model.*` keys) is written; a live DPO
-reference or optimizer states are left behind.
+reference or optimizer states are left behind. A LoRA policy (`model.lora`) is written with its adapters
+merged into full weights, so sampling and evaluation load a plain model; with `model.lora.save_adapter`
+the adapter alone also goes to `<out>/adapter/` in PEFT's format (lnrl.models.lora).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from lnrl.models.checkpoint import model_config_of, policy_state, read_checkpoint
 from lnrl.models.loading import hf_config, load_tokenizer
+from lnrl.models.lora import has_lora_weights, is_lora, lora_spec, merge_lora_state, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,17 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path | None = None,
     state, meta = read_checkpoint(ckpt_path)
     weights = policy_state(state)
     cfg = dict(model_cfg) if model_cfg is not None else model_config_of(ckpt_path, meta)
-    embed = next((v for k, v in weights.items() if k.endswith("embed_tokens.weight")), None)
+    spec = lora_spec(cfg)
+    if spec is None and has_lora_weights(weights):  # --model-source replaced the config: LoRA from the checkpoint's
+        spec = lora_spec(model_config_of(ckpt_path, meta))
+    merged = merge_lora_state(weights, spec)
+    embed = next((v for k, v in merged.items() if k.endswith("embed_tokens.weight")), None)
     config = hf_config(cfg, vocab_size=embed.shape[0] if embed is not None else None)
     tok = load_tokenizer(cfg) if tokenizer else None
     out = Path(out_dir) if out_dir is not None else ckpt_path.with_name(ckpt_path.stem + "_hf")
-    save_hf(weights, config, out, tokenizer=tok)
+    save_hf(merged, config, out, tokenizer=tok)
+    if spec and spec["save_adapter"] and has_lora_weights(weights):
+        save_adapter(weights, config, spec, out / "adapter")
     log.info("exported %s (step %s) -> %s", ckpt_path, meta.get("global_step"), out)
     return out
 
@@ -80,11 +89,21 @@ def export_module(trainer, module, tokenizer, out_dir: str | Path) -> Path | Non
     if not is_sharded(root):
         if not trainer.is_global_zero:
             return None
+        if is_lora(module.model):  # merged full weights; the training model keeps its adapters
+            save_hf(merge_lora_state(module.model.state_dict(), lora_spec(module.model_cfg)), module.model.config,
+                    out, tokenizer=tokenizer, generation_config=getattr(module.model, "generation_config", None))
+            if lora_spec(module.model_cfg)["save_adapter"]:
+                module.model.save_pretrained(out / "adapter")
+            return out
         module.model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         return out
     state = full_state_dict(root)  # every rank takes part; rank 0 receives the full tensors
     if not trainer.is_global_zero:
         return None
-    return save_hf(policy_state(state), module.model.config, out, tokenizer=tokenizer,
-                   generation_config=getattr(module.model, "generation_config", None))
+    weights, spec = policy_state(state), lora_spec(module.model_cfg)
+    save_hf(merge_lora_state(weights, spec), module.model.config, out, tokenizer=tokenizer,
+            generation_config=getattr(module.model, "generation_config", None))
+    if spec and spec["save_adapter"]:
+        save_adapter(weights, module.model.config, spec, out / "adapter")
+    return out

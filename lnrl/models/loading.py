@@ -6,6 +6,10 @@
 - `tiny`: a randomly initialised 2-layer Llama with the embedded model's real tokenizer, for tests.
 An lnrl Lightning checkpoint is the fourth source: `load_policy(model_cfg, ckpt_path)` builds the model
 its stored config describes and loads the checkpoint's policy weights.
+
+`model.lora` (lnrl.models.lora) wraps the model `load_model` returns for training in LoRA adapters;
+`load_policy` (sampling, evaluation, reference scores) always returns a plain model, a checkpoint's
+adapters merged into its weights.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from lnrl.models.checkpoint import model_config_of, policy_state, read_checkpoint
 from lnrl.models.embedded import embedded_path
+from lnrl.models.lora import apply_lora, lora_spec, merge_lora_state, without_lora
 
 SOURCES = ("embedded", "hf", "tiny")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -88,7 +93,8 @@ def build_tiny(cfg, vocab_size: int):
 
 
 def load_model(cfg, tokenizer=None):
-    """Return a causal LM in train-ready form (dropout off; dtype from `cfg.dtype`)."""
+    """Return a causal LM in train-ready form (dropout off; dtype from `cfg.dtype`), wrapped in fresh LoRA
+    adapters when `cfg.lora` is set (only they train)."""
     from transformers import AutoModelForCausalLM
 
     dtype = DTYPES[str(_get(cfg, "dtype", "float32"))]
@@ -98,8 +104,9 @@ def load_model(cfg, tokenizer=None):
         model = build_tiny(cfg, vocab).to(dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    disable_dropout(model)
-    return model
+    disable_dropout(model)  # before the adapters: a LoRA dropout the config asks for stays
+    spec = lora_spec({"lora": _get(cfg, "lora")})
+    return apply_lora(model, spec) if spec else model
 
 
 def hf_config(cfg, vocab_size: int | None = None):
@@ -125,17 +132,20 @@ def load_policy(model_cfg: Mapping[str, Any], ckpt_path: str | Path | None = Non
     A checkpoint (one .ckpt file or a sharded directory) carries the model config it was trained from
     (`lnrl_model_cfg`, else the module's hyper-parameters, else the run's .hydra/config.yaml), which
     wins over `model_cfg`; the model is built from it and the policy's `model.*` weights loaded on top.
+    The model is always plain: LoRA adapters of a checkpoint are merged into its weights, and a config's
+    `lora` without a checkpoint is dropped (fresh adapters change nothing).
     """
     if not ckpt_path:
         tokenizer = load_tokenizer(model_cfg)
-        return Policy(load_model(model_cfg, tokenizer), tokenizer,
+        return Policy(load_model(without_lora(model_cfg), tokenizer), tokenizer,
                       str(model_cfg.get("name") or model_cfg.get("path")))
     path = Path(ckpt_path)
     state, meta = read_checkpoint(path)
     ckpt_model_cfg = model_config_of(path, meta)
     tokenizer = load_tokenizer(ckpt_model_cfg)
-    model = load_model(ckpt_model_cfg, tokenizer)
-    missing, unexpected = model.load_state_dict(policy_state(state), strict=False)
+    model = load_model(without_lora(ckpt_model_cfg), tokenizer)
+    weights = merge_lora_state(policy_state(state), lora_spec(ckpt_model_cfg))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
         raise ValueError(f"{path}: weights do not fit the model of its config: missing {sorted(missing)[:5]}, "

@@ -4,9 +4,9 @@ A run dir is an lnrl-train run directory: one holding `.hydra/config.yaml` with 
 saves it for every run and sweep point; lnrl-eval/lnrl-sample runs are left out). Its status is ok
 (metrics.json), failed (failed.json) or incomplete (neither; see lnrl/sweep.py).
 Runs are grouped by everything but the seed: method, the loss settings (name, beta, normalize,
-constraint, boundary) and any other override that differs between runs (e.g. optim.lr). Each group
-shows its final metrics as mean ± std over its ok seeds (std is the sample standard deviation,
-n - 1 in the denominator; blank for one seed).
+constraint, boundary) and any other override that differs between runs (e.g. optim.lr). `summarize`
+gives each group its final metrics as mean and std over its ok seeds (std is the sample standard
+deviation, n - 1 in the denominator; None for one seed); lnrl.reporting.report adds the intervals.
 """
 
 from __future__ import annotations
@@ -144,6 +144,7 @@ def summarize(runs: Sequence[dict], metrics: Sequence[str]) -> tuple[list[str], 
         row["failed"] = sum(r["status"] == "failed" for r in members)
         row["incomplete"] = sum(r["status"] == "incomplete" for r in members)
         row["seeds"] = sorted((r["seed"] for r in ok), key=str)
+        row["members"] = ok  # the ok runs, for intervals from their per-question records (lnrl.reporting.report)
         for m in metrics:
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std([r["metrics"][m] for r in ok if m in r["metrics"]])
         rows.append(row)

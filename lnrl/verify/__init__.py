@@ -5,6 +5,7 @@ from lnrl.verify.answers import (
     answers_match,
     extract_answer,
     extract_answer_with_kind,
+    grade_answer,
     normalize_number,
     numbers_match,
     parse_number,
@@ -19,6 +20,7 @@ from lnrl.verify.profile import (
     Analysis,
     ErrorProfile,
     MathVerifier,
+    is_degenerate,
 )
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "extract_answer",
     "extract_answer_with_kind",
     "find_steps",
+    "grade_answer",
+    "is_degenerate",
     "normalize_number",
     "numbers_match",
     "parse_number",

@@ -41,6 +41,7 @@ __all__ = [
     "parse_number",
     "numbers_match",
     "EXTRACTION_KINDS",
+    "grade_answer",
 ]
 
 EXTRACTION_KINDS = ("hashes", "answer_is", "boxed", "last_number", "none")
@@ -188,6 +189,19 @@ def extract_answer_with_kind(text: str | None) -> tuple[str | None, str]:
 def extract_answer(text: str | None) -> str | None:
     """The final answer of a solution (see module docstring for the rules), or None."""
     return extract_answer_with_kind(text)[0]
+
+
+def grade_answer(text: str | None, reference: str | None, truncated: bool = False) -> tuple[str | None, bool]:
+    """(extracted answer, correct) of a generation against the reference answer.
+
+    A truncated generation (cut at max_new_tokens, no end-of-turn token) did not finish: it is graded
+    correct only through an explicit final-answer statement ("####", "The answer is", \\boxed{}),
+    never through the last-number fallback, which would grade whatever number the text stopped on.
+    """
+    pred, kind = extract_answer_with_kind(text)
+    if truncated and kind == "last_number":
+        return pred, False
+    return pred, answers_match(pred, reference)
 
 
 def parse_number(s: str | None) -> Fraction | None:

@@ -70,6 +70,9 @@ __all__ = [
     "ungrounded_quantity",
     "inconsistency",
     "degeneracy",
+    "is_degenerate",
+    "is_near_miss",
+    "NEAR_WRONGNESS",
     "implausible_magnitude",
 ]
 
@@ -400,6 +403,29 @@ def degeneracy(text: str, pred: str | None, cut: bool) -> tuple[float, dict[str,
         "garbage": _garbage(text),
     }
     return max(parts.values()), parts
+
+
+def is_degenerate(text: str) -> bool:
+    """Degenerate text on its own terms: looping/repetition or garbage at DEGENERATE_AT or more.
+
+    Unlike the `degeneracy` dimension (which also counts a missing answer and truncation, for the
+    error profile), this does not look at the token limit or at the answer, so a generation that is
+    merely long or unfinished is not called degenerate: evaluation reports truncation and missing
+    answers as their own rates.
+    """
+    return max(_repetition(text), _garbage(text)) >= DEGENERATE_AT
+
+
+NEAR_WRONGNESS = 0.6  # an incorrect, non-degenerate answer below this wrongness is a near miss
+
+
+def is_near_miss(correct: bool, profile: dict | None, near_wrongness: float = NEAR_WRONGNESS) -> bool:
+    """A wrong but well-formed answer close to right: a profile with wrongness below `near_wrongness`
+    and degeneracy below DEGENERATE_AT. The hard negatives of the preference data (rank 2 of 3) and the
+    near-miss questions of evaluation use this one rule."""
+    p = profile or {}
+    return (not correct and bool(p) and p.get("wrongness", 1.0) < near_wrongness
+            and p.get("degeneracy", 1.0) < DEGENERATE_AT)
 
 
 def implausible_magnitude(final: FinalAnswer) -> float:

@@ -40,7 +40,7 @@ class _Timeout(Exception):
     pass
 
 
-def _call_with_timeout(fn: Callable, *args, seconds: float = GENERATOR_TIMEOUT_S):
+def _call_with_timeout(fn: Callable, *args, seconds: float | None = None):
     """fn(*args), or _Timeout after `seconds` (a SIGALRM timer; only in the main thread, where it can be
     set, otherwise fn runs unguarded). Needed because a few generators retry in an unbounded loop
     when difficulty < 1 shrinks their number ranges."""
@@ -51,7 +51,7 @@ def _call_with_timeout(fn: Callable, *args, seconds: float = GENERATOR_TIMEOUT_S
         raise _Timeout
 
     old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds or GENERATOR_TIMEOUT_S)
     try:
         return fn(*args)
     finally:
