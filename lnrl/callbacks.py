@@ -13,7 +13,7 @@ import torch
 from lnrl.checkpoint_io import PoisonedStateError, resume_hint, tensors_finite
 from lnrl.dashboard import log_generation_table
 from lnrl.data.records import read_groups
-from lnrl.evaluation import evaluate_model, near_miss_ids
+from lnrl.evaluation import EvalResult, SampleSpec, check_protocol, evaluate_model, near_miss_ids
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +21,31 @@ log = logging.getLogger(__name__)
 class GenerationEval(pl.Callback):
     """Evaluate on held-out questions before (optional) and after fit.
 
-    Held-out questions come from `trainer.datamodule.eval_examples`. Results are logged to every
-    logger (`val/answer_acc`, `val/gen_len`, `val/nll`, ...) at step 0 (before) and the final step
-    (after), and kept in `self.results = {"before": {...}, "after": {...}}` for metrics.json.
+    Held-out questions come from `trainer.datamodule.eval_examples` (and, for eval.protocol=harness_gsm8k,
+    the shots from its `train_examples`). Results are logged to every logger (`val/answer_acc`,
+    `val/gen_len`, `val/nll`, ...) at step 0 (before) and the final step (after), and kept whole in
+    `self.evals = {"before": EvalResult, "after": EvalResult}`: lnrl-train writes the metrics to
+    metrics.json and the per-question records into the run dir (`EvalResult.write_records`).
     """
 
     def __init__(self, enabled: bool = True, before: bool = False, n_examples: int | None = None,
                  max_new_tokens: int = 256, batch_size: int = 16, candidates_path: str | None = None,
-                 include_gold: bool = False, nll_examples: int | None = None, near_miss_from: str | None = None):
+                 include_gold: bool = False, nll_examples: int | None = None, near_miss_from: str | None = None,
+                 protocol: str = "chat", samples: dict | None = None):
         self.enabled, self.before = enabled, before
         self.n_examples, self.max_new_tokens, self.batch_size = n_examples, max_new_tokens, batch_size
         # Held-out candidate CoTs (a group file) for val/assessment_acc; read once, on first use.
         self.candidates_path, self.include_gold = candidates_path, include_gold
         self.nll_examples, self.near_miss_from = nll_examples, near_miss_from
+        # Checked now, so a typo fails before training rather than after it.
+        self.protocol, self.samples = check_protocol(protocol), SampleSpec.from_config(samples)
         self._candidates = None
-        self.results: dict[str, dict] = {}
-        self.records: dict[str, list[dict]] = {}
+        self.evals: dict[str, EvalResult] = {}
+
+    @property
+    def results(self) -> dict[str, dict]:
+        """{tag: metrics} of the evaluations run so far."""
+        return {tag: result.metrics for tag, result in self.evals.items()}
 
     def run(self, trainer: pl.Trainer, pl_module, tag: str) -> dict:
         dm = trainer.datamodule
@@ -48,12 +57,14 @@ class GenerationEval(pl.Callback):
             batch_size=self.batch_size, max_length=dm.max_length, system_prompt=dm.system_prompt,
             candidates=self._candidates, include_gold=self.include_gold, nll_examples=self.nll_examples,
             near_miss_ids=near_miss_ids(self.near_miss_from) if self.near_miss_from else None,
-            progress=trainer.is_global_zero)
-        metrics, records = result.metrics, result.generations
-        self.results[tag], self.records[tag] = metrics, records
+            protocol=self.protocol, shots_from=dm.train_examples,
+            samples=self.samples, progress=trainer.is_global_zero)
+        self.evals[tag] = result
+        metrics = result.metrics
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        log_generation_table(trainer.loggers, records, tag, trainer.global_step)  # wandb only
+        if result.generations is not None:
+            log_generation_table(trainer.loggers, result.generations, tag, trainer.global_step)  # wandb only
         log.info("eval (%s): %s", tag, {k: round(v, 4) for k, v in metrics.items()})
         return metrics
 

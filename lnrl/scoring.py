@@ -211,6 +211,10 @@ class _HeadTargetLogProb(torch.autograd.Function):
             out[s:s + chunk] = logits.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk = chunk
+        # Under autocast (trainer precision bf16-mixed) the logits above were bf16: backward, which runs
+        # outside autocast, must recompute them the same way or its softmax disagrees with `lse`.
+        dev = hidden.device.type
+        ctx.autocast = (dev, torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else None
         return out
 
     @staticmethod
@@ -224,7 +228,12 @@ class _HeadTargetLogProb(torch.autograd.Function):
         for s in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[s:s + ctx.chunk]
             g = grad_out[s:s + ctx.chunk, None].to(acc)
-            logits = torch.nn.functional.linear(h, weight, bias).to(acc)
+            if ctx.autocast is None:
+                logits = torch.nn.functional.linear(h, weight, bias).to(acc)
+            else:
+                with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1]):
+                    logits = torch.nn.functional.linear(h, weight, bias)
+                logits = logits.to(acc)
             G = torch.exp(logits.sub_(lse[s:s + ctx.chunk, None])).mul_(-g)  # -g * softmax
             G.scatter_add_(-1, targets[s:s + ctx.chunk, None], g)             # + g at the target
             if need_b:
@@ -315,7 +324,9 @@ def _probe(model) -> _Caps:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        # Autocast off: the probe checks the model's math, not bf16 rounding (the first call may come
+        # from a bf16-mixed training step, and the answer is kept for the model's lifetime).
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             full = model(input_ids=ids).logits.float()
             hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
             tol = 1e-4 if dtype == torch.float32 or dtype == torch.float64 else 3e-2
@@ -506,9 +517,11 @@ def _score_split(decoder, head, rows: list[tuple[list[int], list[int]]], *, shar
     picks = [p for p in picks if p[1]]
     dtype = torch.promote_types(head.weight.dtype, torch.float32)
     logp_sum = torch.zeros(B, dtype=dtype, device=device)
-    if not picks:
-        if torch.is_grad_enabled() and head.weight.requires_grad:
-            logp_sum = logp_sum + 0 * head.weight.sum()  # in the graph, as the plain path's zero would be
+    if not picks:  # nothing scored: a zero still in the graph, as the plain path's would be
+        trainable = (p for m in (head, decoder) for p in m.parameters() if p.requires_grad)
+        anchor = next(trainable, None) if torch.is_grad_enabled() else None
+        if anchor is not None:
+            logp_sum = logp_sum + 0 * anchor.sum()
         return SeqScores(logp_sum, n_tokens)
     h = torch.cat([hf.index_select(0, torch.tensor(flat, device=device)) for hf, flat, _, _ in picks])
     targets = torch.tensor([t for p in picks for t in p[2]], dtype=torch.long, device=device)
@@ -548,14 +561,10 @@ def score_sequences(model, parts: Sequence[tuple[Tensor, Tensor, Tensor]], *, sh
 
 def _checkpointed(model) -> bool:
     """Activation checkpointing replays a layer in backward: Hugging Face's drops the cache, torch's
-    checkpoint_wrapper would append to it twice. Either way prompts cannot be shared."""
-    # transformers 5.x renamed is_gradient_checkpointing (deprecated, warns) to is_activation_checkpointing
-    flag = "is_activation_checkpointing"
-    if not hasattr(model, flag):
-        flag = "is_gradient_checkpointing"
-    if getattr(model, flag, False):
-        return True
-    return any(type(m).__name__ == "CheckpointWrapper" for m in model.modules())
+    checkpoint_wrapper would append to it twice. Either way prompts cannot be shared. (Hugging Face
+    marks checkpointed modules with `gradient_checkpointing = True`, in every 5.x release.)"""
+    return any(getattr(m, "gradient_checkpointing", False) is True or type(m).__name__ == "CheckpointWrapper"
+               for m in model.modules())
 
 
 def score_batch(model, batch: dict[str, Tensor], *, prefixes: Sequence[str] = ("",), share_prompt: bool = True,

@@ -109,12 +109,13 @@ def test_method_refuses_a_loss_it_cannot_feed(tmp_path):
 def test_acceptance_on_embedded_model(tmp_path):
     """The issue's acceptance runs on SmolLM2-135M-Instruct, a couple of steps each (max_length 256, batch 1).
 
+    Weights are the run's: hard-negative pairs without gold as chosen (data.gold_as_chosen's default).
     The fixture's cached refs are this model's own scores, so every pair starts at l = ln 2: DPO's first
     loss is ln 2, weighted DPO's (batch of one pair, mean_i w_i l_i) is ln 2 times that pair's weight.
     """
     from lnrl.data import make_pairs, read_groups
 
-    weights = {round(p.weight, 6) for p in make_pairs(read_groups(FIXTURE), "hard_negative", gold_as_chosen=True,
+    weights = {round(p.weight, 6) for p in make_pairs(read_groups(FIXTURE), "hard_negative", gold_as_chosen=False,
                                                       weight_field="profile.wrongness")}
     assert len(weights) > 1
     embedded = QUICK + ["model=smollm2_135m", "data.max_length=256", "logger=csv"]

@@ -197,7 +197,7 @@ def test_acceptance_dpo_beta_norm_then_report(tmp_path):
     assert rep.returncode == 0, rep.stderr
     for beta in ("0.1", "0.5"):
         for norm in ("sum", "mean"):
-            assert f"| dpo | dpo | {beta} | {norm} | none | 0.5 | 1 | 0 |" in rep.stdout
+            assert f"| dpo | dpo | {beta} | {norm} | none | 0.5 | 1 | 2 | 0 |" in rep.stdout
     assert (sweep / "report.md").exists() and (sweep / "report.csv").exists()
     assert (sweep / "acc_vs_beta.png").exists() and (sweep / "len_vs_margin.png").exists()
     # Every point's accuracy in the table is the one its metrics.json holds.

@@ -133,7 +133,7 @@ def test_offline_run_has_names_config_metrics_and_table(tmp_path):
     # The sample-generation table of the final evaluation: one row per held-out question, with the profile.
     assert run["summary"]["samples/after/_type"] == "table-file" and run["summary"]["samples/after/nrows"] == 3
     table = json.loads((run_dirs[0] / "files" / run["summary"]["samples/after/path"]).read_text())
-    generations = json.loads((point / "generations.json").read_text())
+    generations = [json.loads(line) for line in (point / "generations.jsonl").read_text().splitlines()]
     assert table["columns"][:7] == ["id", "question", "answer", "completion", "pred", "correct", "n_tokens"]
     assert [r[0] for r in table["data"]] == [g["id"] for g in generations]
     assert [r[5] for r in table["data"]] == [g["correct"] for g in generations]

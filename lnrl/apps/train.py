@@ -116,9 +116,9 @@ def train(cfg: DictConfig) -> dict:
     metrics.update({"global_step": trainer.global_step, "seconds": round(time.time() - start, 1),
                     "method": cfg.method._target_.rsplit(".", 1)[-1], "model": cfg.model.name})
     if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
-        if evaluator.records.get("after"):
-            write_json(run_dir / "generations.json", evaluator.records["after"])
+        if "after" in evaluator.evals:  # the per-question files lnrl-eval writes, for lnrl-report's intervals
+            evaluator.evals["after"].write_records(run_dir)
+        write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run done (lnrl.sweep)
     log.info("run dir: %s", run_dir)
     return metrics
 

@@ -75,6 +75,9 @@ def assessment_accuracy(model, tokenizer, candidates: Sequence[GroupRecord], *, 
     members: list[tuple[str, list[int], list[int], int | None]] = []  # id, positives, negatives, gold item
     for g in candidates:
         pos, neg = [], []
+        mixed = 0 < g.n_correct < len(g.completions)
+        if not mixed and not include_gold:
+            continue  # no (correct, incorrect) pair to order: nothing to score
         for c in g.completions:
             (pos if c.correct else neg).append(len(items))
             items.append((g.question, c.text, bool(c.truncated)))
@@ -98,7 +101,7 @@ def assessment_accuracy(model, tokenizer, candidates: Sequence[GroupRecord], *, 
             right_gold, pairs_gold = right_gold + rg, pairs_gold + kg
     right, pairs = sum(r["right"] for r in records), sum(r["pairs"] for r in records)
     metrics = {"val/assessment_acc": right / pairs if pairs else math.nan, "val/assessment_pairs": float(pairs),
-               "val/assessment_questions": float(len(records)), "val/assessment_candidates": float(len(members))}
+               "val/assessment_questions": float(len(records)), "val/assessment_candidates": float(len(candidates))}
     if include_gold:
         metrics["val/assessment_acc_gold"] = right_gold / pairs_gold if pairs_gold else math.nan
         metrics["val/assessment_pairs_gold"] = float(pairs_gold)

@@ -1,23 +1,44 @@
 """Held-out metrics of one model: answer accuracy, length, truncation and degeneration of greedy
 generations, the token NLL of the gold solutions, and (with candidate CoTs) assessment accuracy.
 
-Every metric comes with its per-question records (`EvalResult`), so a results table can put a
-bootstrap interval on it and pair two models on the same questions (lnrl.reporting, lnrl.stats).
+The greedy generations follow one protocol (`PROTOCOLS`): lnrl's zero-shot chat prompt ("chat",
+`answer_accuracy`) or lm-evaluation-harness's 5-shot plain-text gsm8k task ("harness_gsm8k",
+lnrl.evaluation.harness); pass@k / maj@k from sampled completions are an option on top
+(lnrl.evaluation.samples). Every metric comes with its per-question records (`EvalResult`, written by
+`EvalResult.write_records`), so a results table can put a bootstrap interval on it and pair two models
+on the same questions (lnrl.reporting, lnrl.stats).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lnrl.data.records import Example, GroupRecord, iter_jsonl
 from lnrl.data.tokenize import encode
 from lnrl.evaluation.assessment import assessment_accuracy
+from lnrl.evaluation.harness import harness_accuracy
+from lnrl.evaluation.samples import SampleSpec, sample_accuracy
 from lnrl.generation import generate
 from lnrl.scoring import score_rows
+from lnrl.utils import write_jsonl
 from lnrl.verify import MathVerifier, grade_answer, is_degenerate
 from lnrl.verify.profile import is_near_miss
+
+# eval.protocol: how the held-out questions are prompted, decoded greedily and scored.
+PROTOCOLS = ("chat", "harness_gsm8k")
+
+# The per-question files of an evaluation, by EvalResult field (lnrl.reporting.records reads them back).
+RECORD_FILES = {"generations": "generations.jsonl", "assessment": "assessment.jsonl", "nll": "nll.jsonl",
+                "harness": "harness.jsonl", "samples": "samples.jsonl"}
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"eval.protocol={protocol!r}; expected one of {', '.join(PROTOCOLS)} "
+                         f"(docs/evaluation_protocols.md)")
+    return protocol
 
 
 def near_miss_ids(records: Sequence[dict] | str | Path) -> set[str]:
@@ -31,10 +52,31 @@ def near_miss_ids(records: Sequence[dict] | str | Path) -> set[str]:
 
 @dataclass
 class EvalResult:
+    """Aggregates and per-question records; a record list is None when its part did not run."""
+
     metrics: dict[str, float]
-    generations: list[dict]                               # one per held-out question
+    generations: list[dict] | None                        # one per held-out question (protocol chat)
     assessment: list[dict] = field(default_factory=list)  # one per candidate question with pairs
     nll: list[dict] = field(default_factory=list)         # one per held-out question with a scored gold CoT
+    harness: list[dict] | None = None                     # one per held-out question (protocol harness_gsm8k)
+    samples: list[dict] | None = None                     # one per held-out question (eval.samples)
+
+    def write_records(self, out_dir: str | Path) -> list[Path]:
+        """Write every record list that ran into `out_dir` (RECORD_FILES); return the paths.
+
+        Assessment and NLL files are written even when empty: the metric was measured on no question.
+        The file of a part that did not run is removed if an earlier evaluation into the same dir left
+        one, so a results table never reads another evaluation's records as this one's.
+        """
+        written = []
+        for kind, name in RECORD_FILES.items():
+            rows, path = getattr(self, kind), Path(out_dir) / name
+            if rows is None:
+                path.unlink(missing_ok=True)
+                continue
+            write_jsonl(path, rows)
+            written.append(path)
+        return written
 
 
 def answer_accuracy(model, tokenizer, examples: Sequence[Example], *, max_new_tokens: int = 256,
@@ -95,18 +137,41 @@ def evaluate_model(model, tokenizer, examples: Sequence[Example], *, max_new_tok
                    batch_size: int = 16, max_length: int = 512, system_prompt: str | None = None,
                    candidates: Sequence[GroupRecord] | None = None, include_gold: bool = False,
                    nll_examples: int | None = None, near_miss_ids: Collection[str] | None = None,
-                   progress: bool = True) -> EvalResult:
+                   protocol: str = "chat", shots_from: Sequence[Example] | None = None,
+                   samples: SampleSpec | Mapping | None = None, progress: bool = True) -> EvalResult:
     """All generation-free and generation-based held-out metrics of one model.
 
+    `protocol` (PROTOCOLS): "chat" gives `val/answer_acc` and the other generation metrics
+    (`answer_accuracy`); "harness_gsm8k" gives `val/harness_strict_match` and
+    `val/harness_flexible_extract` instead (lnrl.evaluation.harness), its shots drawn from `shots_from`
+    (the training split). `samples` (a SampleSpec or the `eval.samples` mapping; None or k null = off):
+    also `val/pass@1`, `val/pass@k`, `val/maj@k` from sampled completions under the chat prompt.
     With `candidates` (group records of held-out questions, e.g. `lnrl-sample split=eval` output)
     also `val/assessment_acc` over the generated candidates (the AFT paper's definition) and, with
     `include_gold`, `val/assessment_acc_gold` with each gold CoT as an extra correct candidate
     (lnrl.evaluation.assessment). `nll_examples`: score the gold NLL on the first n questions only
-    (it costs a forward pass per question; None = all).
+    (it costs a forward pass per question; None = all). NLL and assessment use the chat template
+    under either protocol.
     """
-    metrics, records = answer_accuracy(model, tokenizer, examples, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, system_prompt=system_prompt,
-                                       near_miss_ids=near_miss_ids, progress=progress)
+    check_protocol(protocol)
+    spec = SampleSpec.from_config(samples)
+    records = harness = sampled = None
+    if protocol == "chat":
+        metrics, records = answer_accuracy(model, tokenizer, examples, max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size, system_prompt=system_prompt,
+                                           near_miss_ids=near_miss_ids, progress=progress)
+    else:
+        if near_miss_ids is not None:
+            raise ValueError("eval.near_miss_from flags the near misses of chat-protocol generations; "
+                             f"eval.protocol={protocol} has none: set eval.near_miss_from=null")
+        if shots_from is None:
+            raise ValueError(f"eval.protocol={protocol} needs the training split for its shots (shots_from)")
+        metrics, harness = harness_accuracy(model, tokenizer, examples, shots_from, max_new_tokens=max_new_tokens,
+                                            batch_size=batch_size, progress=progress)
+    if spec is not None:
+        found, sampled = sample_accuracy(model, tokenizer, examples, spec, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+        metrics.update(found)
     nll_set = examples[:nll_examples] if nll_examples is not None else examples
     metrics["val/nll"], nll = gold_nll(model, tokenizer, nll_set, max_length=max_length, batch_size=batch_size,
                                        system_prompt=system_prompt, progress=progress)
@@ -118,4 +183,4 @@ def evaluate_model(model, tokenizer, examples: Sequence[Example], *, max_new_tok
                                                 system_prompt=system_prompt, progress=progress)
         metrics.update(found)
     metrics["val/n_examples"] = float(len(examples))
-    return EvalResult(metrics, records, assessment, nll)
+    return EvalResult(metrics, records, assessment, nll, harness, sampled)

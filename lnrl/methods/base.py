@@ -21,6 +21,14 @@ Reference scores go to every term whose registry spec says `needs_reference`, wh
   purpose: not checkpointed, not handed to the optimizer, not moved or wrapped by the strategy.
 `live_reference(rows)` is the one place a reference model scores rows. With LoRA (`model.lora`) no copy
 is loaded: the reference is the policy with its adapter disabled, which is exactly the frozen base.
+
+Scoring (`score_with`, the one place any model here scores rows: policy, live reference, validation)
+takes `lnrl.scoring.score_batch`, the fast path, by default (`method.fast_scoring: true`): the LM head
+only at scored positions, each shared prompt once (a pair's two rows, a group's k members and its gold
+row), rows cut into sub-batches by length; the same numbers as the plain path (tests/test_methods_fast.py,
+docs/performance.md). It falls back to the plain path by itself for a sharded head (FSDP2) and
+stops sharing prompts under activation checkpointing. `method.fast_scoring=false` forces the plain path,
+`model(...).logits` then `sequence_logps`, with every part of a batch padded into one forward.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from lnrl.distributed import reduce_metrics, shard_for_trainer
 from lnrl.losses import LossOutput, LossSpec, build_loss, check_compatible
 from lnrl.models import load_model, load_tokenizer
 from lnrl.models.lora import is_lora, lora_spec
-from lnrl.scoring import SeqScores, sequence_logps
+from lnrl.scoring import SeqScores, score_batch, sequence_logps
 
 REFERENCES = ("cached", "live")
 # The NaN guard's bounds on "finite but absurd" (docs/reliability.md). Real training sits orders of magnitude
@@ -53,6 +61,17 @@ LOSS_LIMIT = 1e6
 GRAD_NORM_LIMIT = 1e8
 WEIGHT_NORM_LIMIT = 1e10  # the L2 norm of all weights after a step (a 70B model's is about 1e4)
 ROWS = ("input_ids", "attention_mask", "completion_mask")
+
+
+def cat_rows(a: dict[str, Tensor], b: dict[str, Tensor], pad_id: int) -> dict[str, Tensor]:
+    """Stack two right-padded row sets ([N,T], [M,T']) into [N+M, max(T,T')], padding on the right."""
+    T = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+    def pad(x: Tensor, value: int) -> Tensor:
+        return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
+
+    return {k: torch.cat([pad(a[k], pad_id if k == "input_ids" else 0), pad(b[k], pad_id if k == "input_ids" else 0)])
+            for k in ROWS}
 
 
 class Term(NamedTuple):
@@ -131,7 +150,8 @@ class LnrlModule(pl.LightningModule):
     takes_weights: ClassVar[bool] = False    # the batches carry per-example weights (pairs)
 
     def __init__(self, model: dict, loss: dict, optim: Any, scheduler: Any = None, tokenizer=None,
-                 reference: str = "cached", extra_losses: Mapping[str, Mapping] | None = None):
+                 reference: str = "cached", extra_losses: Mapping[str, Mapping] | None = None,
+                 fast_scoring: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer", "optim", "scheduler"])
         self.optim_factory, optim_cfg = build_factory(optim, "optim")
@@ -143,6 +163,10 @@ class LnrlModule(pl.LightningModule):
         if reference not in REFERENCES:
             raise ValueError(f"method.reference={reference!r}; expected one of {REFERENCES}")
         self.reference = reference
+        if not isinstance(fast_scoring, bool):
+            raise ValueError(f"method.fast_scoring={fast_scoring!r}; expected true (lnrl.scoring.score_batch) "
+                             f"or false (the plain path)")
+        self.fast_scoring = fast_scoring
         self.terms = self.build_terms(loss, extra_losses or {})
         self.loss_fn = self.terms[0].fn
         # Which input kinds need reference scores: the subclass computes them only for those.
@@ -254,10 +278,21 @@ class LnrlModule(pl.LightningModule):
     def ref_model(self) -> torch.nn.Module | None:
         return self._ref_model[0] if self._ref_model else None
 
-    def score(self, rows: Mapping[str, Tensor]) -> SeqScores:
-        """Policy SeqScores of right-padded rows (input_ids, attention_mask, completion_mask)."""
-        logits = self.model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
-        return sequence_logps(logits, rows["input_ids"], rows["completion_mask"])
+    def score(self, rows: Mapping[str, Tensor], prefixes: Sequence[str] = ("",)) -> SeqScores:
+        """Policy SeqScores of right-padded rows (see `score_with`)."""
+        return self.score_with(self.model, rows, prefixes)
+
+    def score_with(self, model: torch.nn.Module, rows: Mapping[str, Tensor],
+                   prefixes: Sequence[str] = ("",)) -> SeqScores:
+        """SeqScores under `model` of the rows `{prefix}input_ids`, `{prefix}attention_mask`,
+        `{prefix}completion_mask` of each prefix, concatenated in order: `prefixes=("", "gold_")` scores a
+        group batch's members then its gold rows, in one call so a gold row shares its group's prompt."""
+        if self.fast_scoring:
+            return score_batch(model, rows, prefixes=prefixes)
+        parts = [{k: rows[f"{p}{k}"] for k in ROWS} for p in prefixes]
+        joined = functools.reduce(lambda a, b: cat_rows(a, b, self.tokenizer.pad_token_id), parts)
+        logits = model(input_ids=joined["input_ids"], attention_mask=joined["attention_mask"]).logits
+        return sequence_logps(logits, joined["input_ids"], joined["completion_mask"])
 
     def reference_scores(self, rows: Mapping[str, Tensor]) -> SeqScores:
         """Reference SeqScores of `rows`: the cached `ref_logp_sum` / `ref_n_tokens` they carry, or live."""
@@ -281,8 +316,7 @@ class LnrlModule(pl.LightningModule):
         ref = self.ref_model
         if next(ref.parameters()).device != rows["input_ids"].device:
             ref.to(rows["input_ids"].device)  # not a registered child, so Lightning does not move it
-        logits = ref(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"]).logits
-        return sequence_logps(logits, rows["input_ids"], rows["completion_mask"])
+        return self.score_with(ref, rows)
 
     def prefs_path(self) -> str:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

@@ -2,8 +2,9 @@
 
 AFT (Wang et al. 2023, arXiv 2309.02144) and KTO over groups (arXiv 2402.01306) are config presets.
 A batch holds G questions, each with its k responses split by answer correctness (`is_positive`) or
-ranked (`ranks`, with method.use_ranks=true), and the question's gold CoT. One forward pass scores
-every response, and the gold rows too when a token term needs them:
+ranked (`ranks`, with method.use_ranks=true), and the question's gold CoT. One scoring call scores
+every response, and the gold rows too when a token term needs them (the fast path runs each question's
+prompt once for its k responses and its gold row; the plain path pads them all into one forward):
 
     loss = L_group(s; groups [, reference scores]) + sum_t weight_t * term_t
 
@@ -16,20 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
-from lnrl.methods.base import ROWS, LnrlModule, Objective
-
-
-def cat_rows(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack two right-padded row sets ([N,T], [M,T']) into [N+M, max(T,T')], padding on the right."""
-    T = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-
-    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
-
-    return {k: torch.cat([pad(a[k], pad_id if k == "input_ids" else 0), pad(b[k], pad_id if k == "input_ids" else 0)])
-            for k in ROWS}
+from lnrl.methods.base import ROWS, LnrlModule, Objective, cat_rows  # noqa: F401  (cat_rows: its former home)
 
 
 class GroupModule(LnrlModule):
@@ -38,7 +26,7 @@ class GroupModule(LnrlModule):
 
     def __init__(self, model: dict, loss: dict, optim, scheduler=None, tokenizer=None, reference: str = "cached",
                  extra_losses: Mapping[str, Mapping] | None = None, use_ranks: bool = False,
-                 sft_weight: float | None = None):
+                 sft_weight: float | None = None, fast_scoring: bool = True):
         extra = dict(extra_losses or {})
         if sft_weight is not None:
             if sft_weight < 0:
@@ -47,15 +35,13 @@ class GroupModule(LnrlModule):
                 raise ValueError(f"method.sft_weight={sft_weight} and method.extra_losses.nll both set the NLL term "
                                  f"on the gold CoTs; keep one (method.sft_weight=0 leaves it to extra_losses)")
             extra.setdefault("nll", {"weight": float(sft_weight)})
-        super().__init__(model, loss, optim, scheduler, tokenizer=tokenizer, reference=reference, extra_losses=extra)
+        super().__init__(model, loss, optim, scheduler, tokenizer=tokenizer, reference=reference, extra_losses=extra,
+                         fast_scoring=fast_scoring)
         self.use_ranks = bool(use_ranks)
 
     def objective(self, batch) -> Objective:
-        members = {k: batch[k] for k in ROWS}
-        gold = {k: batch[f"gold_{k}"] for k in ROWS}
-        n = members["input_ids"].shape[0]
-        with_gold = self.has_term("token")
-        scores = self.score(cat_rows(members, gold, self.tokenizer.pad_token_id) if with_gold else members)
+        n = batch["input_ids"].shape[0]
+        scores = self.score(batch, prefixes=("", "gold_") if self.has_term("token") else ("",))
 
         if self.use_ranks:
             if (batch["ranks"] < 1).any():
@@ -70,7 +56,7 @@ class GroupModule(LnrlModule):
         if "group" in self.ref_kinds:
             refs["group"] = {"ref_scores": self.reference_scores(batch)}
         if "token" in self.ref_kinds:
-            refs["token"] = {"ref_scores": self.reference_scores(gold)}
+            refs["token"] = {"ref_scores": self.reference_scores({k: batch[f"gold_{k}"] for k in ROWS})}
         return self.combine(inputs, refs)
 
     def batch_size(self, batch) -> int:

@@ -2,13 +2,14 @@
 
 DPO (sum or length-averaged), IPO, SimPO, weighted DPO and RPO are config presets of this module
 (`conf/method/*.yaml`); the loss decides the objective. A batch holds B pairs as 2B rows, chosen rows
-first (pair i = rows i and B+i), scored by one forward pass.
+first (pair i = rows i and B+i), scored in one call (the fast path, `method.fast_scoring`, runs
+each pair's prompt once for both rows; the plain path, one padded forward).
 
 Per-pair weights are always passed to the pairwise terms: the data layer's weights when
 `data.weight_field` is set (scaled to mean 1 over the data set), all ones otherwise, so weighted DPO is
 plain DPO on weighted data. A pairwise loss that ignores weights is refused when the data has them.
 
-Extra token terms (`method.extra_losses`, e.g. RPO's NLL) score the chosen rows, from the same forward.
+Extra token terms (`method.extra_losses`, e.g. RPO's NLL) use the chosen rows' scores of the same call.
 
 Papers: DPO arXiv 2305.18290; length-averaged DPO arXiv 2406.19188; weighted DPO on verifier-mined
 hard negatives arXiv 2512.19728; RPO (DPO + NLL on the chosen side) arXiv 2404.19733.

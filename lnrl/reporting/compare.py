@@ -38,11 +38,16 @@ PerQ = dict[Hashable, float]
 # ----------------------------------------------------------------------------- the metrics
 
 
-def _flag(name: str) -> Callable[[RunRecords], tuple[PerQ, PerQ | None] | None]:
+def _field(kind: str, name: str, check: str) -> Callable[[RunRecords], tuple[PerQ, PerQ | None] | None]:
+    """A per-question mean of one checked field of the `kind` records."""
     def extract(rec: RunRecords):
-        v = column(rec, "generations", name, "flag")
+        v = column(rec, kind, name, check)
         return None if v is None else (v, None)
     return extract
+
+
+def _flag(name: str) -> Callable[[RunRecords], tuple[PerQ, PerQ | None] | None]:
+    return _field("generations", name, "flag")
 
 
 def _gen_len(rec: RunRecords):
@@ -90,13 +95,14 @@ class Metric:
 
     name: str
     key: str
-    kind: str  # the record file: generations | assessment | nll
+    kind: str  # the record file: generations | assessment | nll | harness | samples
     ratio: bool
     extract: Callable[[RunRecords], tuple[PerQ, PerQ | None] | None] = field(repr=False, compare=False)
     digits: int = 3
     label: str = ""
     proportion: bool = True  # a value in [0, 1] (plots use that axis)
     size_keys: tuple[str | None, str | None] = ("val/n_examples", None)
+    default: bool = True  # in DEFAULT_METRICS; False for the opt-in evaluations (eval.protocol, eval.samples)
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -112,8 +118,21 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("no_answer_rate", "val/no_answer_rate", "generations", False, _flag("no_answer"), label="no answer"),
     Metric("nll", "val/nll", "nll", True, _nll, label="gold NLL", proportion=False,
            size_keys=("val/nll_questions", None)),
+    # Opt-in evaluations (docs/evaluation_protocols.md): shown when asked for by name or key.
+    Metric("harness_strict_match", "val/harness_strict_match", "harness", False,
+           _field("harness", "strict_match", "flag"), label="harness strict-match",
+           size_keys=("val/harness_questions", None), default=False),
+    Metric("harness_flexible_extract", "val/harness_flexible_extract", "harness", False,
+           _field("harness", "flexible_extract", "flag"), label="harness flexible-extract",
+           size_keys=("val/harness_questions", None), default=False),
+    Metric("pass_at_1", "val/pass@1", "samples", False, _field("samples", "pass_at_1", "number"), label="pass@1",
+           size_keys=("val/samples_questions", None), default=False),
+    Metric("pass_at_k", "val/pass@k", "samples", False, _field("samples", "pass_at_k", "number"), label="pass@k",
+           size_keys=("val/samples_questions", None), default=False),
+    Metric("maj_at_k", "val/maj@k", "samples", False, _field("samples", "maj_at_k", "number"), label="maj@k",
+           size_keys=("val/samples_questions", None), default=False),
 )}
-DEFAULT_METRICS = tuple(METRICS)
+DEFAULT_METRICS = tuple(name for name, m in METRICS.items() if m.default)
 BY_KEY = {m.key: m for m in METRICS.values()}  # val/answer_acc -> answer_acc (lnrl-report's metric names)
 
 

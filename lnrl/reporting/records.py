@@ -2,11 +2,14 @@
 
 An evaluation writes, next to its aggregates (`metrics.json`, `val/*` keys):
 
-- `generations.jsonl` (lnrl-eval) or `generations.json` (lnrl-train with eval on; a JSON list): one
-  record per held-out question: `id`, `correct`, `n_tokens`, `truncated`, and since issue 8
-  `degenerate`, `no_answer`, `near_miss` (bool or null);
+- `generations.jsonl` (lnrl-eval, and lnrl-train with eval on; `generations.json`, a JSON list, in
+  lnrl-train runs made before issue 11): one record per held-out question: `id`, `correct`,
+  `n_tokens`, `truncated`, and since issue 8 `degenerate`, `no_answer`, `near_miss` (bool or null);
 - `assessment.jsonl`: `id`, `pairs`, `right` per candidate question with at least one pair;
-- `nll.jsonl`: `id`, `logp_sum`, `n_tokens` per held-out question with a scored gold solution.
+- `nll.jsonl`: `id`, `logp_sum`, `n_tokens` per held-out question with a scored gold solution;
+- `harness.jsonl` (eval.protocol=harness_gsm8k): `id`, `strict_match`, `flexible_extract` (bools) per
+  held-out question;
+- `samples.jsonl` (eval.samples): `id`, `pass_at_1`, `pass_at_k`, `maj_at_k` per held-out question.
 
 Older runs lack the newer files or fields: a metric whose records are missing is then read from
 metrics.json alone (lnrl.reporting.compare shows it without an interval). A field present on some
@@ -22,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GENERATIONS = ("generations.jsonl", "generations.json")  # lnrl-eval, lnrl-train
+GENERATIONS = ("generations.jsonl", "generations.json")  # the second: lnrl-train runs before issue 11
 ASSESSMENT = "assessment.jsonl"
 NLL = "nll.jsonl"
+HARNESS = "harness.jsonl"
+SAMPLES = "samples.jsonl"
 METRICS = "metrics.json"
 
 
@@ -34,7 +39,7 @@ class RunRecords:
 
     dir: Path
     metrics: dict[str, float]
-    tables: dict[str, dict[Hashable, dict] | None] = field(default_factory=dict)  # generations, assessment, nll
+    tables: dict[str, dict[Hashable, dict] | None] = field(default_factory=dict)  # generations, assessment, ...
     files: dict[str, Path] = field(default_factory=dict)
 
     def table(self, kind: str) -> dict[Hashable, dict] | None:
@@ -98,7 +103,8 @@ def load_records(run_dir: str | Path) -> RunRecords:
                                 "did not finish)")
     rec = RunRecords(run_dir, _numeric_metrics(mpath))
     gen = next((run_dir / n for n in GENERATIONS if (run_dir / n).exists()), None)
-    for kind, path in (("generations", gen), ("assessment", run_dir / ASSESSMENT), ("nll", run_dir / NLL)):
+    for kind, path in (("generations", gen), ("assessment", run_dir / ASSESSMENT), ("nll", run_dir / NLL),
+                       ("harness", run_dir / HARNESS), ("samples", run_dir / SAMPLES)):
         if path is not None and path.exists():
             rec.tables[kind], rec.files[kind] = _by_id(path), path
         else:

@@ -6,7 +6,7 @@ differences to a baseline group when one is given, failed runs, plots, every run
 (one row per run) and PNG plots (lnrl.reporting.plots). Runs and their grouping over seeds:
 lnrl.reporting.runs. Offline; no wandb.
 
-Intervals, per group and metric: from the runs' per-question records (generations.json etc.,
+Intervals, per group and metric: from the runs' per-question records (generations.jsonl etc.,
 written when eval is on) through lnrl.reporting.compare, i.e. a bootstrap over questions for one
 seed and a two-way bootstrap over seeds x questions for several (`bs` in the table); without
 records a t interval over the seed means (`t`, lnrl.stats.seed_ci; none for one seed).
