@@ -127,12 +127,17 @@ def test_live_reference_is_the_base_model_exactly(lora_run, tok):
                         prefs_path=str(FIXTURES / "groups_tiny.jsonl"), max_length=256, batch_size=4, tokenizer=tok)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    ref = module.live_reference(batch)
     base = load_model(TINY, tok)
-    with torch.no_grad():
-        want = sequence_logps(base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                              batch["input_ids"], batch["completion_mask"])
-    assert torch.equal(ref.logp_sum, want.logp_sum) and torch.equal(ref.n_tokens, want.n_tokens)
+    for fast_scoring in (True, False):  # the fast scoring path (the default), then the plain forward
+        module.fast_scoring = fast_scoring
+        ref = module.live_reference(batch)
+        with torch.no_grad():
+            want = module.score_with(base, batch)
+        assert torch.equal(ref.logp_sum, want.logp_sum) and torch.equal(ref.n_tokens, want.n_tokens)
+    with torch.no_grad():  # and the plain path is the independent one: the base model's own logits
+        plain = sequence_logps(base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                               batch["input_ids"], batch["completion_mask"])
+    assert torch.equal(ref.logp_sum, plain.logp_sum)
     with torch.no_grad():
         assert not torch.allclose(module.score(batch).logp_sum, want.logp_sum)  # the policy itself moved
 
