@@ -422,12 +422,8 @@ def _generate_hf(model, prompts: Sequence[list[int]], *, max_new_tokens: int, ba
     out: list[list[list[int]] | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            attention[row, width - len(prompts[i]):] = 1
+        input_ids, attention = left_pad([prompts[i] for i in idx], pad_id)
+        width = input_ids.shape[1]
         if seed is not None:
             # Seed per batch so a resumed run reproduces the same samples for the same questions.
             torch.manual_seed(seed + start)
@@ -446,6 +442,18 @@ def _generate_hf(model, prompts: Sequence[list[int]], *, max_new_tokens: int, ba
         if on_done is not None:
             on_done(len(idx))
     return out  # type: ignore[return-value]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) [B, longest] of token lists, left-padded as `generate` expects."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        if p:
+            input_ids[row, width - len(p):] = torch.tensor(list(p))
+            attention[row, width - len(p):] = 1
+    return input_ids, attention
 
 
 def _cut(toks: list[int], eos_id: int) -> list[int]:

@@ -14,7 +14,7 @@ Gold solutions are an explicit choice (`data.gold_as_chosen`, default false): wh
 whose samples are all incorrect gets its gold CoT as the chosen side of its pairs (pairs) or as a
 positive member (groups), applied by the datamodule when training reads the file. stats.json counts
 how many pairs and groups it touches under the setting given here, and each training run logs the
-counts it used (`data/pairs_gold_chosen`, `data/groups_gold_positive`).
+counts it used (`data/pairs_gold_chosen`, `data/groups_gold_positive` in the training run's metrics.json).
 
 Ranks (1 = best): 1 correct; 2 a near miss (`lnrl.verify.profile.is_near_miss`: incorrect, wrongness
 < near_wrongness, degeneracy < DEGENERATE_AT); 3 every other incorrect completion.

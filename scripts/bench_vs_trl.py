@@ -155,7 +155,7 @@ def trl_worker(arm: str, data: Path, out: Path, args) -> None:
 def lnrl_overrides(arm: str, data: Path, args) -> list[str]:
     common = ["model=smollm2_135m", "trainer=cpu", f"trainer.max_steps={args.steps}", "trainer.max_epochs=1000",
               "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "callbacks=none",
-              "logger=null", "eval.enabled=false", f"optim.lr={LR}", f"data.max_length={args.max_length}",
+              "logger=csv", "eval.enabled=false", f"optim.lr={LR}", f"data.max_length={args.max_length}",
               "data.source.n_eval=4"]
     if arm.startswith("aft_k"):
         return common + ["method=aft", f"data.prefs_path={data}", f"data.batch_size={args.groups}"]

@@ -106,6 +106,24 @@ def test_method_refuses_a_loss_it_cannot_feed(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("gold", [False, True])
+def test_run_metrics_count_gold_in_the_preference_data(tmp_path, gold):
+    """Every training run's metrics.json says how many pairs (groups) it built and how many took the gold CoT
+    (data.gold_as_chosen): the counts make_pairs / the group encoder give on the same file."""
+    from lnrl.data import make_pairs, read_groups
+
+    groups = read_groups(FIXTURE)
+    want: dict = {}
+    make_pairs(groups, "all", gold_as_chosen=gold, stats=want)
+    all_wrong = sum(g.n_correct == 0 for g in groups)
+    assert all_wrong > 0 and (want["pairs_gold_chosen"] > 0) == gold
+    pairs = train(compose_cfg(tmp_path / "dpo", QUICK + ["method=dpo", f"data.gold_as_chosen={gold}"]))
+    assert (pairs["data/pairs"], pairs["data/pairs_gold_chosen"]) == (want["pairs"], want["pairs_gold_chosen"])
+    aft = train(compose_cfg(tmp_path / "aft", QUICK + ["method=aft", f"data.gold_as_chosen={gold}"]))
+    assert aft["data/groups_all_incorrect"] == all_wrong
+    assert aft["data/groups_gold_positive"] == (all_wrong if gold else 0)
+
+
 def test_acceptance_on_embedded_model(tmp_path):
     """The issue's acceptance runs on SmolLM2-135M-Instruct, a couple of steps each (max_length 256, batch 1).
 

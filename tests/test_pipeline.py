@@ -203,6 +203,9 @@ def test_study_gpu_preset_dry_run_on_cpu(tmp_path):
         cfg = compose("pipeline", overrides=["experiment=study_gpu"])
     assert cfg.model.path == "Qwen/Qwen2.5-1.5B-Instruct" and cfg.trainer.precision == "bf16-mixed"
     assert cfg.data.source.name == "gsm8k" and list(cfg.seeds) == [1, 2] and cfg.model.dtype == "bfloat16"
+    # Paper scale: every training question, VFT by epochs (its own section, which beats stages.train).
+    assert cfg.data.source.n_train is None and cfg.stages.vft.trainer.max_steps == -1
+    assert cfg.stages.vft.trainer.max_epochs == 3
     GlobalHydra.instance().clear()
     out = tmp_path / "gpu"
     res = run_from_overrides(["experiment=study_gpu", "model=tiny", "trainer=cpu", "dry_run=true",

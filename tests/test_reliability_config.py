@@ -2,7 +2,7 @@
 
 Before: `loss.beta=abc` failed in `float('abc')` inside the loss, `optim.lr=abc` in torch's comparison,
 `data.batch_size=0` in the DataLoader, none naming the key; `trainer.max_steps=0` exited 0 with an
-untrained model a sweep counted as a success; a sweep whose 18 points all lacked `data.prefs_path`
+untrained model a sweep counted as a success; a sweep whose 30 points all lacked `data.prefs_path`
 launched 18 identical failures. And the config tests composed every option without building the objects.
 """
 
@@ -156,7 +156,7 @@ def sweep_config(tmp_path: Path, overrides: list[str], swept: tuple[str, ...] = 
 def test_a_sweep_whose_every_point_fails_alike_stops_before_launching(tmp_path):
     cfg = sweep_config(tmp_path, ["sweep=dpo_beta_norm", "model=tiny", "logger=none"])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        with pytest.raises(SweepConfigError, match=r"(?s)all 18 points of this sweep fail before training with the "
+        with pytest.raises(SweepConfigError, match=r"(?s)all 30 points of this sweep fail before training with the "
                                                    r"same error.*data.kind=pairs needs data.prefs_path"):
             preflight_sweep(cfg, preflight)
     assert (tmp_path / "sweep" / "failed.json").is_file()
@@ -179,5 +179,5 @@ def test_lnrl_train_multirun_without_prefs_exits_with_the_one_error(tmp_path):
                          capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-3000:]
-    assert "sweep not launched: all 18 points" in out and "needs data.prefs_path" in out, out[-3000:]
+    assert "sweep not launched: all 30 points" in out and "needs data.prefs_path" in out, out[-3000:]
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["failed.json"]  # no point ran

@@ -127,6 +127,27 @@ def test_paired_differences_tests_and_holm_by_hand(dirs):
     assert step.p_value == pytest.approx(0.5) and step.p_holm is None
 
 
+def test_method_contrasts_are_their_own_holm_family(dirs):
+    """contrasts=[(a, b)] tests b - a like a baseline difference (the hand values above: aft - vft), Holm-
+    adjusted among the contrasts only; a pair naming a missing model is left out; the table shows the row."""
+    from lnrl.reporting.tables import diffs_table
+
+    comp = compare(dirs, n_boot=2000, contrasts=[("vft", "aft"), ("aft", "wdpo"), ("base", "vft")])
+    assert list(comp.contrasts) == ["aft - vft", "vft - base"]
+    c = comp.contrasts["aft - vft"]
+    assert c["answer_acc"].diff == pytest.approx(2.5 / 6) and c["answer_acc"].p_value == pytest.approx(0.25)
+    assert c["nll"].diff == pytest.approx(-0.4) and c["nll"].p_value == pytest.approx(1 / 32)
+    # vft - base: answer p 0.5 (q1, q4), n_tokens d = (-40, -30, -20, -10, 0, 10): not all one sign.
+    assert comp.contrasts["vft - base"]["answer_acc"].p_value == pytest.approx(0.5)
+    # The family is the contrasts' own tests, not the 8 baseline tests: gen_len's Holm factor counts them.
+    n = sum(d.p_value is not None for per in comp.contrasts.values() for d in per.values())
+    ps = sorted(d.p_value for per in comp.contrasts.values() for d in per.values() if d.p_value is not None)
+    assert c["gen_len"].p_holm == pytest.approx(min(1.0, ps[0] * n))
+    assert comp.diffs["aft"]["gen_len"].p_holm == pytest.approx(0.25)  # the baseline family is unchanged
+    assert comp.as_dict()["contrasts"]["aft - vft"]["answer_acc"]["diff"] == pytest.approx(2.5 / 6)
+    assert "| aft − vft |" in diffs_table(comp.as_dict())
+
+
 def test_one_seed_each_is_exact_mcnemar(tmp_path):
     comp = compare({"vft": {0: make_eval_dir(tmp_path, "vft", 0)}, "aft": {0: make_eval_dir(tmp_path, "aft", 0)}},
                    n_boot=500)

@@ -113,6 +113,10 @@ def train(cfg: DictConfig) -> dict:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics.update(evaluator.results.get("after", {}))
     metrics.update({f"{k}_before": v for k, v in evaluator.results.get("before", {}).items()})
+    # How much of the preference data the run built (pairs, groups, and how many took the gold CoT:
+    # data.gold_as_chosen), so every run's metrics say which setting it trained with.
+    metrics.update({f"data/{k}": float(v) for k, v in datamodule.stats.items()
+                    if k in DATA_COUNTS and isinstance(v, (int, float))})
     metrics.update({"global_step": trainer.global_step, "seconds": round(time.time() - start, 1),
                     "method": cfg.method._target_.rsplit(".", 1)[-1], "model": cfg.model.name})
     if trainer.is_global_zero:
@@ -121,6 +125,10 @@ def train(cfg: DictConfig) -> dict:
         write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run done (lnrl.sweep)
     log.info("run dir: %s", run_dir)
     return metrics
+
+
+DATA_COUNTS = ("train_rows", "pairs", "pairs_gold_chosen", "questions_with_pairs", "groups_all_incorrect",
+               "groups_gold_positive")
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lnrl.data.records import Example
 from lnrl.distributed import is_sharded
-from lnrl.generation import Generation, generate
+from lnrl.generation import Generation, generate, left_pad
 from lnrl.verify import harness_gsm8k as hg
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,8 @@ def _fallback_generate(model, tokenizer, prompt_ids: Sequence[list[int]], *, sto
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            width = max(len(prompt_ids[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, width - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
-                mask[row, width - len(prompt_ids[i]):] = 1
+            ids, mask = left_pad([prompt_ids[i] for i in idx], pad_id)
+            width = ids.shape[1]
             with torch.no_grad():
                 seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                       max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,

@@ -6,6 +6,7 @@
     comp.models["aft"]["answer_acc"]      # MetricValue: value [low, high], n questions (pairs), seeds
     comp.diffs["aft"]["answer_acc"]       # MetricDiff: aft - vft on the same questions, p-value, test
     comp.step["answer_acc"]               # MetricDiff: vft - base (the baseline must itself learn)
+    compare(..., contrasts=[("dpo", "wdpo")]).contrasts["wdpo - dpo"]   # method vs method, same questions
     comp.as_dict()                        # JSON-ready
 
 A model's value of a metric is the mean over its seeds of the per-seed value. Its interval comes
@@ -208,6 +209,9 @@ class Comparison:
     models: dict[str, dict[str, MetricValue]]  # reference, baseline, then the others in input order
     diffs: dict[str, dict[str, MetricDiff]]    # model - baseline, for every model but the baseline and reference
     step: dict[str, MetricDiff] | None         # baseline - reference (None without a reference)
+    # "b - a" for each requested (a, b): method-vs-method questions (weighted vs plain DPO, mean vs sum),
+    # Holm-adjusted as a family of their own
+    contrasts: dict[str, dict[str, MetricDiff]] = field(default_factory=dict)
 
     @property
     def n_tests(self) -> int:
@@ -224,6 +228,7 @@ class Comparison:
                                               if name in self.diffs else None)}
                        for name, per in self.models.items()},
             "step": None if self.step is None else {m: d.as_dict() for m, d in self.step.items()},
+            "contrasts": {k: {m: d.as_dict() for m, d in per.items()} for k, per in self.contrasts.items()},
         }
 
 
@@ -382,13 +387,15 @@ def load_models(eval_dirs: Mapping[str, Mapping[Any, str | Path]]) -> dict[str, 
 
 def compare(eval_dirs: Mapping[str, Mapping[Any, str | Path]], *, baseline: str = "vft",
             reference: str | None = "base", metrics: Sequence[str] = DEFAULT_METRICS, n_boot: int = 10_000,
-            level: float = 0.95, seed: int = 0) -> Comparison:
+            level: float = 0.95, seed: int = 0, contrasts: Sequence[tuple[str, str]] = ()) -> Comparison:
     """Every model's metrics with intervals and its paired difference to `baseline` (module docstring).
 
     `eval_dirs`: {model: {seed: eval dir}}; a model with one seed (e.g. the seed-independent base
     model) is fine. `reference`: the model the baseline is trained from; its step to the baseline
     (baseline - reference) is reported as `step` (skipped when the reference is absent or None).
-    `seed` seeds every bootstrap and Monte Carlo test, so the tables are reproducible.
+    `seed` seeds every bootstrap and Monte Carlo test, so the tables are reproducible. `contrasts`:
+    pairs (a, b) of models whose difference b - a is tested too (key "b - a"; pairs naming a model
+    that is not there are left out), Holm-adjusted among themselves.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -407,9 +414,10 @@ def compare(eval_dirs: Mapping[str, Mapping[Any, str | Path]], *, baseline: str 
                 for m in chosen}
 
     diffs = {n: vs(baseline, n) for n in order if n not in (ref, baseline)}
-    tested = [(n, m) for n, per in diffs.items() for m, d in per.items() if d.p_value is not None]
-    if tested:
-        for (n, m), p in zip(tested, holm([diffs[n][m].p_value for n, m in tested])):
-            diffs[n][m] = replace(diffs[n][m], p_holm=p)
+    extra = {f"{b} - {a}": vs(a, b) for a, b in contrasts if a in runs and b in runs and a != b}
+    for family in (diffs, extra):
+        tested = [(n, m) for n, per in family.items() for m, d in per.items() if d.p_value is not None]
+        for (n, m), p in zip(tested, holm([family[n][m].p_value for n, m in tested]) if tested else []):
+            family[n][m] = replace(family[n][m], p_holm=p)
     return Comparison(baseline, ref, tuple(metrics), level, n_boot, {n: list(runs[n]) for n in order}, models,
-                      diffs, vs(ref, baseline) if ref else None)
+                      diffs, vs(ref, baseline) if ref else None, extra)

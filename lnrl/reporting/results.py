@@ -91,11 +91,12 @@ def collect_results(out: Path, eval_dirs: Mapping[str, Mapping[Any, str | Path]]
                     timings: Mapping[str, float], sizes: Mapping[str, Any], wall: float, baseline: str = "vft",
                     reference: str | None = "base", setting: Mapping[str, Any] | None = None,
                     info_dirs: Mapping[str, str | Path] | None = None, metrics: Sequence[str] = METRICS,
-                    n_boot: int = 10_000, seed: int = 0) -> dict:
+                    n_boot: int = 10_000, seed: int = 0, contrasts: Sequence[Sequence[str]] = ()) -> dict:
     """results.json's content (module docstring): the comparison of every model plus the run's sizes."""
     out = Path(out)
     dirs = _eval_dirs(out, eval_dirs, reference)
-    comp = compare(dirs, baseline=baseline, reference=reference, metrics=metrics, n_boot=n_boot, seed=seed).as_dict()
+    comp = compare(dirs, baseline=baseline, reference=reference, metrics=metrics, n_boot=n_boot, seed=seed,
+                   contrasts=[tuple(c) for c in contrasts]).as_dict()
     first_seed = next(iter(dirs[baseline]))
 
     def default_dir(stage: str) -> Path:

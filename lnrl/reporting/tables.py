@@ -170,6 +170,8 @@ def diffs_table(comp: Mapping[str, Any]) -> str:
     for name, m in comp["models"].items():
         if m["vs_baseline"] is not None:
             rows.append([f"{name} − {baseline}", *(diff_cell(m["vs_baseline"][k], _digits(k)) for k in metrics)])
+    for key, per in (comp.get("contrasts") or {}).items():  # method vs method (a Holm family of its own)
+        rows.append([key.replace(" - ", " − "), *(diff_cell(per[k], _digits(k)) for k in metrics)])
     return markdown_table(["difference", *(_label(k) for k in metrics)], rows)
 
 
@@ -241,7 +243,15 @@ def reading(comp: Mapping[str, Any], alpha: float = 0.05) -> list[str]:
             msg += (f" Holm-adjusted over the {len(tests)} (p_holm in results.json), "
                     + (f"these stay below {alpha}: {', '.join(hits)}." if hits else f"none stays below {alpha}."))
         out.append(msg)
-    used = sorted({d["test"] for _, _, d in tests} | {d["test"] for d in (step or {}).values() if d.get("test")})
+    extra = [(key, k, d) for key, per in (comp.get("contrasts") or {}).items() for k, d in per.items()
+             if d.get("p_value") is not None]
+    if extra:
+        hits = [f"{key} {_label(k)}" for key, k, d in extra if d.get("p_holm") is not None and d["p_holm"] < alpha]
+        out.append(f"Method contrasts ({', '.join(comp['contrasts'])}): {len(extra)} paired tests, Holm-adjusted "
+                   "among themselves, " + (f"these stay below {alpha}: {', '.join(hits)}." if hits
+                                            else f"none stays below {alpha}."))
+    used = sorted({d["test"] for _, _, d in tests + extra}
+                  | {d["test"] for d in (step or {}).values() if d.get("test")})
     intervals = sorted({v["interval"] for m in models.values() for v in m["metrics"].values() if v.get("interval")})
     out.append("Intervals: " + ", ".join(intervals) + " (bootstrap over questions for one seed, seeds × questions "
                "crossed for several; ratio metrics, assessment accuracy = Σ right / Σ pairs, gold NLL = "
