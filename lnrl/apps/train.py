@@ -115,8 +115,13 @@ def train(cfg: DictConfig) -> dict:
     metrics.update({f"{k}_before": v for k, v in evaluator.results.get("before", {}).items()})
     # How much of the preference data the run built (pairs, groups, and how many took the gold CoT:
     # data.gold_as_chosen), so every run's metrics say which setting it trained with.
-    metrics.update({f"data/{k}": float(v) for k, v in datamodule.stats.items()
-                    if k in DATA_COUNTS and isinstance(v, (int, float))})
+    counts = {f"data/{k}": float(v) for k, v in datamodule.stats.items()
+              if k in DATA_COUNTS and isinstance(v, (int, float))}
+    metrics.update(counts)
+    if counts and trainer.is_global_zero:
+        for logger in loggers:  # the dashboards get them too (wandb summary, csv)
+            logger.log_metrics(counts, step=trainer.global_step)
+            logger.save()
     metrics.update({"global_step": trainer.global_step, "seconds": round(time.time() - start, 1),
                     "method": cfg.method._target_.rsplit(".", 1)[-1], "model": cfg.model.name})
     if trainer.is_global_zero:
