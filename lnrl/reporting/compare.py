@@ -414,6 +414,9 @@ def compare(eval_dirs: Mapping[str, Mapping[Any, str | Path]], *, baseline: str 
                 for m in chosen}
 
     diffs = {n: vs(baseline, n) for n in order if n not in (ref, baseline)}
+    bad = [c for c in contrasts if len(c) != 2]
+    if bad:
+        raise ValueError(f"contrasts: {bad}; expected pairs [a, b] of model names (b - a is tested)")
     extra = {f"{b} - {a}": vs(a, b) for a, b in contrasts if a in runs and b in runs and a != b}
     for family in (diffs, extra):
         tested = [(n, m) for n, per in family.items() for m, d in per.items() if d.p_value is not None]

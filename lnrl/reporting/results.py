@@ -96,7 +96,7 @@ def collect_results(out: Path, eval_dirs: Mapping[str, Mapping[Any, str | Path]]
     out = Path(out)
     dirs = _eval_dirs(out, eval_dirs, reference)
     comp = compare(dirs, baseline=baseline, reference=reference, metrics=metrics, n_boot=n_boot, seed=seed,
-                   contrasts=[tuple(c) for c in contrasts]).as_dict()
+                   contrasts=contrasts).as_dict()
     first_seed = next(iter(dirs[baseline]))
 
     def default_dir(stage: str) -> Path:
