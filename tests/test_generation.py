@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lnrl.data.tokenize import encode_prompt
-from lnrl.generation import CANDIDATES, Generation, Sampling, decode_tokens, generate, pick_tokens, token_key
+from lnrl.generation import (CANDIDATES, Generation, Sampling, common_prefix, decode_tokens, generate, pick_tokens,
+                             prefill_chunks, token_key)
 from lnrl.models import load_model, load_tokenizer
 
 QUESTIONS = [f"Question {i}: what is {i} + {i * 7}? Explain {'slowly ' * (i % 5)}" for i in range(24)]
@@ -146,11 +147,46 @@ def test_one_prefill_per_question_and_finished_rows_leave(model, tok):
                             seed=0, eos_id=tok.eos_token_id)
     finally:
         handle.remove()
-    prefills = [shape for shape in fed if shape[1] > 1]
-    steps = [shape[0] for shape in fed if shape[1] == 1]
+    shared = common_prefix(prompts)
+    assert shared > 10 and fed[0] == (1, shared)                  # the chat template's prefix, run once
+    prefills = [shape for shape in fed[1:] if shape[1] > 1]
+    steps = [shape[0] for shape in fed[1:] if shape[1] == 1]
     assert sum(b for b, _ in prefills) == 6
+    assert max(w for _, w in prefills) == max(len(p) for p in prompts) - shared   # only the rest is fed
     assert sum(steps) == sum(len(t) - 1 for rows in out for t in rows)
     assert steps[0] > steps[-1]
+
+
+def test_prefill_chunks():
+    """Runs of consecutive prompts whose rows x longest stay within the budget; an overlong one alone."""
+    assert prefill_chunks([3, 3, 4, 5, 9, 30], 12) == [[0, 1, 2], [3], [4], [5]]   # 3 x 4 = 12 fits, 2 x 9 not
+    assert prefill_chunks([2, 2, 2, 2], 8) == [[0, 1, 2, 3]]
+    assert prefill_chunks([5, 1, 1], 10) == [[0, 1], [2]]   # the run's width is its longest, not its last
+    assert prefill_chunks([], 8) == []
+
+
+def test_common_prefix():
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 9]]) == 2
+    assert common_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2     # each prompt keeps a token of its own
+    assert common_prefix([[5, 1], [6, 1]]) == 0
+    assert common_prefix([[1, 2, 3]]) == 0 and common_prefix([]) == 0
+
+
+@torch.no_grad()
+def test_shared_prefix_changes_no_token(model, tok):
+    """Running the common prefix once and feeding the rest after it (padding between the two) gives the
+    tokens of feeding every prompt whole, greedy and sampled, with rows leaving and refilling. In float64,
+    so no near-tie can flip between the two batchings."""
+    m = load_model({"source": "tiny"}, tok).double().eval()
+    m.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    prompts = [encode_prompt(tok, q) for q in QUESTIONS[:10]] + [encode_prompt(tok, "Hi")]
+    assert common_prefix(prompts) > 10
+    for sampling in (Sampling(), Sampling(**SAMPLE)):
+        kw = dict(max_new_tokens=16, batch_size=3, k=2, sampling=sampling, seed=5, eos_id=tok.eos_token_id)
+        whole = decode_tokens(m, prompts, share_prefix=False, prefill_tokens=10**6, **kw)
+        assert decode_tokens(m, prompts, **kw) == whole, sampling
+        assert decode_tokens(m, prompts, prefill_tokens=20, **kw) == whole, sampling  # a prefill per question
+        assert len({tuple(r[0]) for r in whole}) > 8
 
 
 def test_token_budget_bounds_the_running_rows(model, tok):
