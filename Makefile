@@ -31,7 +31,7 @@ study: $(STAMP)
 	$(PY) -m lnrl.apps.pipeline experiment=study
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup -q --durations=15
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q -m "not slow"
