@@ -9,7 +9,7 @@ are most of the project's compute:
 - the prefix every prompt of a call shares (the chat template's system turn, about a quarter of a GSM
   prompt's tokens) is run once per call, and its cache is copied into every prefill;
 - rows leave the batch when they finish (EOS or max_new_tokens): the cache is index-selected, and
-  left-padding columns no remaining row uses are cut, so late steps cost only the rows still running;
+  padding columns no remaining row uses are cut, so late steps cost only the rows still running;
 - the freed rows are refilled with the next questions (continuous batching), so a step keeps the
   whole batch busy instead of finishing with a long tail of a few rows;
 - a batch is bounded by rows (`batch_size` questions x k) and by a token budget (`max_batch_tokens`:
@@ -322,8 +322,7 @@ class _Engine:
 
         cache = DynamicCache(config=self.model.config)
         ids = torch.tensor([prefix], device=self.device)
-        self.model(input_ids=ids, position_ids=torch.arange(len(prefix), device=self.device).unsqueeze(0),
-                   cache=cache, use_cache=True, **({"logits_to_keep": 1} if self.keep_last else {}))
+        self._forward(ids, torch.ones_like(ids), torch.arange(len(prefix), device=self.device).unsqueeze(0), cache)
         self.prefix = [(layer.keys, layer.values) for layer in cache.layers]
         self.prefix_len = len(prefix)
 
@@ -402,6 +401,7 @@ def decode_tokens(model, prompts: Sequence[list[int]], *, max_new_tokens: int, b
     """
     engine = _Engine(model, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed, eos_id=eos_id)
     shared = common_prefix(prompts) if share_prefix else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
     # Shortest prompts first: a prefill chunk pads little, and admitted questions fit the running width.
     queue = deque(sorted(range(len(prompts)), key=lambda i: len(prompts[i])))
     out: list[list[list[int] | None]] = [[None] * k for _ in prompts]
@@ -409,7 +409,7 @@ def decode_tokens(model, prompts: Sequence[list[int]], *, max_new_tokens: int, b
     max_rows = batch_size * k
     batch: _Batch | None = None
     with torch.inference_mode():
-        if shared >= MIN_SHARED_PREFIX:
+        if shared:
             engine.share_prefix(list(prompts[0][:shared]))
         while queue or batch:
             running = len(batch) if batch else 0
