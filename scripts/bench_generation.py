@@ -1,25 +1,26 @@
 """Generation throughput: lnrl's engine (lnrl.generation) against transformers' `model.generate`.
 
-    .venv/bin/python scripts/bench_generation.py                     # the issue's table (about 25 min on 2 cores)
-    .venv/bin/python scripts/bench_generation.py --questions 8 --reps 1 --max-new-tokens 32   # a quick look
+    .venv/bin/python scripts/bench_generation.py                     # docs/performance.md's table (11 min on 2 cores)
+    .venv/bin/python scripts/bench_generation.py --reps 1 --max-new-tokens 32   # a quick look
     .venv/bin/python scripts/bench_generation.py --sweep            # engine only: rows / token budget
 
 On the embedded SmolLM2-135M-Instruct with real gsm_symbolic questions, fp32, torch.set_num_threads(2),
 the arms are interleaved in one run (every repetition runs every arm once, in the same order) so load
 from other processes spreads over all of them:
 
-- sampling k completions per question (k = 4 and 8; temperature 0.8, top_p 0.95, max_new_tokens 128):
+- sampling k completions per question (k = 4 and 8; temperature 0.8, top_p 0.95, --max-new-tokens, default 80):
   the engine (`generate`) and transformers' `generate(num_return_sequences=k)` through lnrl's own
   wrapper (`_generate_hf`: same prompts, same left padding, same decoding), both with --rows sequences
   at once, so --rows // k questions per transformers call and per engine batch; top_k=0 on both sides
   (transformers would otherwise add its default top_k=50);
-- greedy evaluation decoding (k = 1, max_new_tokens 128), the same way, on --greedy-questions
+- greedy evaluation decoding (k = 1, --max-new-tokens), the same way, on --greedy-questions
   questions, --greedy-rows at once (evaluation's batch size).
 
 Each sampling arm decodes the same --questions questions; reported: sequences/s, new tokens/s (tokens before
 EOS, EOS counted, as generate produces them), the mean new tokens per sequence, and engine / HF ratios
 of sequences/s per setting, as the median over repetitions and per repetition (also per CPU second of
-this process, a check that is less sensitive to other processes sharing the cores).
+this process, a check that is less sensitive to other processes sharing the cores). Before the timed
+repetitions every arm decodes its whole prompt set once, untimed, to --warmup-max-new-tokens.
 """
 
 from __future__ import annotations
@@ -70,15 +71,17 @@ def fmt_row(name: str, results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--questions", type=int, default=16, help="questions each arm decodes per repetition")
+    ap.add_argument("--questions", type=int, default=8, help="questions each arm decodes per repetition")
     ap.add_argument("--rows", type=int, default=32, help="sequences decoded at once when sampling, both sides "
                     "(conf/sample.yaml batch_size)")
-    ap.add_argument("--greedy-questions", type=int, default=32, help="questions the greedy arms decode")
+    ap.add_argument("--greedy-questions", type=int, default=16, help="questions the greedy arms decode")
     ap.add_argument("--greedy-rows", type=int, default=16, help="sequences at once when greedy "
                     "(conf/eval/default.yaml batch_size)")
     ap.add_argument("--ks", default="4,8", help="k values for the sampling arms")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=80)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--warmup-max-new-tokens", type=int, default=32,
+                    help="each arm's untimed warm-up call decodes its full prompt set to this length")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-greedy", action="store_true")
     ap.add_argument("--static", action="store_true", help="add engine arms without refilling (static batches)")
@@ -118,9 +121,12 @@ def main() -> None:
             if args.static:
                 arms.append(("engine greedy static", dict(engine="engine", refill=False, **g)))
 
-    # Warm-up: first calls pay one-off costs (allocator, kernel selection) no arm should be charged with.
+    # Warm-up: the first call at a batch shape pays one-off costs (fresh memory pages, kernel selection) no
+    # arm should be charged with; a call at the full size costs ~1.4x a repeat of it here, and the next
+    # arm's shapes differ, so each arm first runs once at its full size, untimed (--warmup-max-new-tokens).
     for _, kw in arms:
-        run_arm(model=model, tok=tok, max_new_tokens=8, seed=0, **{**kw, "prompts": prompts[:2]})
+        run_arm(model=model, tok=tok, max_new_tokens=args.warmup_max_new_tokens, seed=10_000,
+                **{"prompts": prompts, **kw})
     results: dict[str, list[dict]] = {name: [] for name, _ in arms}
     for rep in range(args.reps):
         for name, kw in arms:

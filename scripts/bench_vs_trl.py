@@ -22,7 +22,8 @@ Every arm runs in its own process (peak RSS = that process's ru_maxrss: model, o
 libraries) for --steps optimizer steps; a step's time is the wall time between consecutive step ends (data
 loading, forward, backward, optimizer: what a run spends), the first --warmup steps are dropped. --reps
 rounds run every arm once each, rotating the order, so load from elsewhere spreads over the arms; the
-figure of an arm is its median over rounds. Reference scores (lnrl-refscores, TRL's precompute pass) are
+figure of an arm is its median over rounds. CPU s/step (the process's CPU time over the same steps, all
+threads) is the steadier figure when the host is not quiet. Reference scores (lnrl-refscores, TRL's precompute pass) are
 computed before the timed steps on both sides; an arm's whole process time (loading, reference pass,
 steps) is reported beside its step time. tokens/s = pairs/s x the mean real
 tokens of a pair (prompt twice, both completions) under lnrl's tokenization, the same for every arm.
@@ -111,12 +112,14 @@ def step_timer(path: str):
     class StepTimer(pl.Callback):
         def __init__(self):
             self.ends: list[float] = []
+            self.cpu: list[float] = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.ends.append(time.perf_counter())
+            self.cpu.append(time.process_time())
 
         def on_train_end(self, trainer, pl_module):
-            Path(path).write_text(json.dumps({"ends": self.ends, "peak_rss_gb": peak_rss_gb()}))
+            Path(path).write_text(json.dumps({"ends": self.ends, "cpu": self.cpu, "peak_rss_gb": peak_rss_gb()}))
 
     return StepTimer()
 
@@ -134,10 +137,12 @@ def trl_worker(arm: str, data: Path, out: Path, args) -> None:
 
     datasets.disable_progress_bars()
     ends: list[float] = []
+    cpu: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_end(self, *a, **kw):
             ends.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     tok = load_tokenizer({"source": "embedded"})
     model = load_model({"source": "embedded"})
@@ -149,7 +154,7 @@ def trl_worker(arm: str, data: Path, out: Path, args) -> None:
     trainer = trl.DPOTrainer(model=model, args=config, train_dataset=train, processing_class=tok,
                              callbacks=[Timer()])
     trainer.train()
-    out.write_text(json.dumps({"ends": ends, "peak_rss_gb": peak_rss_gb()}))
+    out.write_text(json.dumps({"ends": ends, "cpu": cpu, "peak_rss_gb": peak_rss_gb()}))
 
 
 def lnrl_overrides(arm: str, data: Path, args) -> list[str]:
@@ -181,8 +186,9 @@ def run_arm(arm: str, data: Path, work: Path, args) -> dict:
     ends = got["ends"]
     if len(ends) != args.steps:
         sys.exit(f"bench_vs_trl: arm {arm} recorded {len(ends)} step ends, expected {args.steps}")
-    step_s = (ends[-1] - ends[args.warmup - 1]) / (args.steps - args.warmup)
-    return {"step_s": step_s, "peak_rss_gb": got["peak_rss_gb"], "process_s": time.perf_counter() - start}
+    per_step = lambda t: (t[-1] - t[args.warmup - 1]) / (args.steps - args.warmup)  # noqa: E731
+    return {"step_s": per_step(ends), "cpu_step_s": per_step(got["cpu"]), "peak_rss_gb": got["peak_rss_gb"],
+            "process_s": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -240,23 +246,26 @@ def main() -> None:
 
 def report(arms: list[str], runs: dict[str, list[dict]], tokens: float, args) -> None:
     med = {a: statistics.median(r["step_s"] for r in runs[a]) for a in arms}
+    cpu = {a: statistics.median(r["cpu_step_s"] for r in runs[a]) for a in arms}
     rss = {a: max(r["peak_rss_gb"] for r in runs[a]) for a in arms}
     pair_arms = [a for a in arms if not a.startswith("aft_k")]
     print(f"\nDPO: {args.pairs} GSM8K pairs, batch {args.batch}, max_length {args.max_length}, fp32, "
           f"{args.steps} steps ({args.warmup} warm-up), median of {args.reps} rounds; {tokens:.0f} tokens a pair")
-    print("| arm | s/step | pairs/s | tokens/s | peak RSS (GB) | process s |\n|---|---|---|---|---|---|")
+    print("| arm | s/step | CPU s/step | pairs/s | tokens/s | peak RSS (GB) | process s |\n"
+          "|---|---|---|---|---|---|---|")
     for a in pair_arms:
         pps = args.batch / med[a]
         proc = statistics.median(r["process_s"] for r in runs[a])
-        print(f"| {a} | {med[a]:.2f} | {pps:.3f} | {pps * tokens:.0f} | {rss[a]:.2f} | {proc:.0f} |")
+        print(f"| {a} | {med[a]:.2f} | {cpu[a]:.2f} | {pps:.3f} | {pps * tokens:.0f} | {rss[a]:.2f} | {proc:.0f} |")
     ratios = [("lnrl_cached", "trl_default"), ("lnrl_cached", "trl_precompute"), ("lnrl_live", "trl_nockpt"),
               ("lnrl_live", "trl_default")]
     shown = [(x, y) for x, y in ratios if x in med and y in med]
     if shown:
-        print("\n| ratio (pairs/s) | median | per round |\n|---|---|---|")
+        print("\n| ratio (pairs/s) | median | per round | per CPU second |\n|---|---|---|---|")
         for x, y in shown:
             per = [b["step_s"] / a["step_s"] for a, b in zip(runs[x], runs[y])]
-            print(f"| {x} / {y} | {med[y] / med[x]:.2f}x | {', '.join(f'{p:.2f}' for p in per)} |")
+            print(f"| {x} / {y} | {med[y] / med[x]:.2f}x | {', '.join(f'{p:.2f}' for p in per)} | "
+                  f"{cpu[y] / cpu[x]:.2f}x |")
     aft = [a for a in arms if a.startswith("aft_k")]
     if aft:
         print(f"\nAFT: {args.groups} groups a step, k completions each plus the gold row (NLL)")

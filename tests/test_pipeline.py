@@ -209,7 +209,9 @@ def test_study_gpu_preset_dry_run_on_cpu(tmp_path):
     GlobalHydra.instance().clear()
     out = tmp_path / "gpu"
     res = run_from_overrides(["experiment=study_gpu", "model=tiny", "trainer=cpu", "dry_run=true",
-                              f"data.path={SHARED_GSM8K}", "data.source.n_eval=8", f"out_dir={out}",
+                              f"data.path={SHARED_GSM8K}", "data.source.n_eval=8", "data.source.n_train=64",
+                              # VFT's micro-batches of 32 GSM8K rows x 4 (accumulated) are most of the time on CPU
+                              "stages.vft.data.batch_size=4", f"out_dir={out}",
                               f"paths.log_dir={tmp_path}/logs", "seeds=[1]"])
     assert res["setting"]["dry_run"] and set(res["comparison"]["models"]) == {"base", *METHODS}
     assert json.loads((out / "seed1" / "vft" / "metrics.json").read_text())["global_step"] == 2
