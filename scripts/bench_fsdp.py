@@ -43,7 +43,8 @@ from lnrl.callbacks import batch_tokens, peak_memory_gb
 SCRIPTS = Path(__file__).resolve().parent
 PERF_FILE = "perf.json"
 # Dense (not sparse) bf16/fp16 tensor-core peak of one GPU, TFLOP/s, from NVIDIA's data sheets; matched
-# by substring of torch.cuda.get_device_name, first match wins.
+# by substring of torch.cuda.get_device_name, first match wins. Not Lightning's get_available_flops: its
+# table lists the H200 at the sparse figure (2.0e15) and the H100 SXM at the dense one.
 PEAK_TFLOPS = {"h200": 989.0, "h100 pcie": 756.0, "h100 nvl": 835.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0,
                "a10g": 125.0}
 

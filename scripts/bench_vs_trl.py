@@ -23,9 +23,9 @@ libraries) for --steps optimizer steps; a step's time is the wall time between c
 loading, forward, backward, optimizer: what a run spends), the first --warmup steps are dropped. --reps
 rounds run every arm once each, rotating the order, so load from elsewhere spreads over the arms; the
 figure of an arm is its median over rounds. CPU s/step (the process's CPU time over the same steps, all
-threads) is the steadier figure when the host is not quiet. Reference scores (lnrl-refscores, TRL's precompute pass) are
-computed before the timed steps on both sides; an arm's whole process time (loading, reference pass,
-steps) is reported beside its step time. tokens/s = pairs/s x the mean real
+threads) is the steadier figure when the host is not quiet. Reference scores (lnrl-refscores, TRL's
+precompute pass) are computed before the timed steps on both sides; an arm's whole process time (loading,
+reference pass, steps) is reported beside its step time. tokens/s = pairs/s x the mean real
 tokens of a pair (prompt twice, both completions) under lnrl's tokenization, the same for every arm.
 Run it on a quiet machine: another process on the cores changes every figure.
 """
@@ -105,27 +105,37 @@ def pair_tokens(path: Path, max_length: int) -> float:
 
 # ---------------------------------------------------------------------------------------------- workers
 
+class Stamps:
+    """Wall and process CPU time at every optimizer step's end, written with the peak RSS (both sides)."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+        self.cpu: list[float] = []
+
+    def mark(self) -> None:
+        self.ends.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def write(self, path: Path) -> None:
+        peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        path.write_text(json.dumps({"ends": self.ends, "cpu": self.cpu, "peak_rss_gb": peak_rss_gb}))
+
+
 def step_timer(path: str):
-    """A Lightning callback writing the wall time of every optimizer step's end (lnrl arms; hydra target)."""
+    """A Lightning callback stamping every optimizer step's end (lnrl arms; hydra target)."""
     import lightning.pytorch as pl
 
     class StepTimer(pl.Callback):
         def __init__(self):
-            self.ends: list[float] = []
-            self.cpu: list[float] = []
+            self.stamps = Stamps()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.ends.append(time.perf_counter())
-            self.cpu.append(time.process_time())
+            self.stamps.mark()
 
         def on_train_end(self, trainer, pl_module):
-            Path(path).write_text(json.dumps({"ends": self.ends, "cpu": self.cpu, "peak_rss_gb": peak_rss_gb()}))
+            self.stamps.write(Path(path))
 
     return StepTimer()
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def trl_worker(arm: str, data: Path, out: Path, args) -> None:
@@ -136,13 +146,11 @@ def trl_worker(arm: str, data: Path, out: Path, args) -> None:
     from lnrl.models import load_model, load_tokenizer
 
     datasets.disable_progress_bars()
-    ends: list[float] = []
-    cpu: list[float] = []
+    stamps = Stamps()
 
     class Timer(TrainerCallback):
         def on_step_end(self, *a, **kw):
-            ends.append(time.perf_counter())
-            cpu.append(time.process_time())
+            stamps.mark()
 
     tok = load_tokenizer({"source": "embedded"})
     model = load_model({"source": "embedded"})
@@ -154,7 +162,7 @@ def trl_worker(arm: str, data: Path, out: Path, args) -> None:
     trainer = trl.DPOTrainer(model=model, args=config, train_dataset=train, processing_class=tok,
                              callbacks=[Timer()])
     trainer.train()
-    out.write_text(json.dumps({"ends": ends, "cpu": cpu, "peak_rss_gb": peak_rss_gb()}))
+    stamps.write(out)
 
 
 def lnrl_overrides(arm: str, data: Path, args) -> list[str]:
