@@ -366,15 +366,28 @@ def _cache_kv(cache) -> list[tuple[Tensor, Tensor]]:
 
 
 def _decode_on(decoder, bank: list[tuple[Tensor, Tensor]], ids: Tensor, attention_mask: Tensor,
-               position_ids: Tensor) -> Tensor:
+               position_ids: Tensor, cache=None) -> Tensor:
     """Hidden states of `ids` [n, L] attending to per-row prompt keys/values (`bank`, one (k, v) per
-    layer, [n, heads, P, d]) and to themselves; attention_mask [n, P + L], position_ids [n, L]."""
-    cache = _new_cache()
+    layer, [n, heads, P, d]) and to themselves; attention_mask [n, P + L], position_ids [n, L].
+    `cache` (empty) receives the bank's and ids' keys/values; by default a fresh one is dropped."""
+    cache = _new_cache() if cache is None else cache
     for layer, (k, v) in enumerate(bank):
         cache.update(k, v, layer)
     out = decoder(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                   **{_cache_kw(decoder): cache})
     return out.last_hidden_state
+
+
+def _common_prefix(units: Sequence[Sequence[int]], limit: int) -> int:
+    """Length of the token prefix every unit starts with, at most `limit`."""
+    n = min(limit, *(len(u) for u in units))
+    first = units[0]
+    for u in units[1:]:
+        i = 0
+        while i < n and u[i] == first[i]:
+            i += 1
+        n = i
+    return n
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int, device) -> Tensor:
@@ -431,23 +444,48 @@ def _score_split(decoder, head, rows: list[tuple[list[int], list[int]]], *, shar
     for u in prompt_unit.values():
         is_prompt[u] = True
 
+    # Phase 0: the prefix every unit starts with (the chat template's system turn) runs once, when that
+    # saves more tokens than a call costs; phase A runs each unit's rest on its keys/values. It stops
+    # before the first hidden state any unit needs (a prompt's last, a whole row's first scored - 1).
+    S = 0
+    if share_prompt and len(units) > 1:
+        need = [len(units[u]) - 1 if is_prompt[u] else scored[unit_row[u]][0] - 1 for u in range(len(units))]
+        S = _common_prefix(units, min(need))
+        if S * (len(units) - 1) <= call_cost:
+            S = 0
+    prefix_kv: list[tuple[Tensor, Tensor]] = []
+    if S:
+        cache = _new_cache()
+        decoder(input_ids=torch.tensor([units[0][:S]], device=device), use_cache=True,
+                **{_cache_kw(decoder): cache})
+        prefix_kv = _cache_kv(cache)
+        if not prefix_kv:
+            raise RuntimeError("score_batch: the decoder filled no key/value cache (gradient checkpointing?); "
+                               "call with share_prompt=False")
+
     # (hidden [n*L, H] flattened, flat indices, targets, row ids) gathered per sub-batch
     picks: list[tuple[Tensor, list[int], list[int], list[int]]] = []
     unit_loc: dict[int, tuple[int, int]] = {}  # unit -> (phase-A sub-batch, index in it)
-    a_runs = []  # per phase-A sub-batch: (hidden, cache or None, unit list)
-    for run in buckets([len(u) for u in units], call_cost):
-        seqs = [units[u] for u in run]
+    a_runs = []  # per phase-A sub-batch: (hidden, cache or None, unit list); hidden starts at position S
+    for run in buckets([len(u) - S for u in units], call_cost):
+        seqs = [units[u][S:] for u in run]
         ids = _pad(seqs, 0, device)
-        L = ids.shape[1]
+        n, L = ids.shape
         mask = _pad([[1] * len(s) for s in seqs], 0, device)
         want_cache = any(is_prompt[u] for u in run)
-        kw = {"use_cache": False}  # never a cache by default: a checkpointed block's replay would append to it
-        if want_cache:
-            kw = {"use_cache": True, _cache_kw(decoder): _new_cache()}
-        out = decoder(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, **kw)
-        hidden = out.last_hidden_state
-        a_runs.append((hidden, kw.get(_cache_kw(decoder)) if want_cache else None, run))
-        if want_cache and not _cache_kv(kw[_cache_kw(decoder)]):
+        if S:
+            cache = _new_cache()
+            bank = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix_kv]
+            mask = torch.cat([mask.new_ones(n, S), mask], 1)
+            hidden = _decode_on(decoder, bank, ids, mask, S + torch.arange(L, device=device).expand(n, -1), cache)
+        else:
+            kw = {"use_cache": False}  # never a cache by default: a checkpointed block's replay would append to it
+            cache = _new_cache() if want_cache else None
+            if want_cache:
+                kw = {"use_cache": True, _cache_kw(decoder): cache}
+            hidden = decoder(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, **kw).last_hidden_state
+        a_runs.append((hidden, cache if want_cache else None, run))
+        if want_cache and not _cache_kv(cache):
             raise RuntimeError("score_batch: the decoder filled no key/value cache (gradient checkpointing?); "
                                "call with share_prompt=False")
         flat, tgt, rid = [], [], []
@@ -455,7 +493,7 @@ def _score_split(decoder, head, rows: list[tuple[list[int], list[int]]], *, shar
             unit_loc[u] = (len(a_runs) - 1, i)
             r = unit_row.get(u)
             for j in scored[r] if r is not None else ():
-                flat.append(i * L + j - 1)  # token j is scored by the hidden state at j - 1
+                flat.append(i * L + j - 1 - S)  # token j is scored by the hidden state at j - 1
                 tgt.append(rows[r][0][j])
                 rid.append(r)
         picks.append((hidden.reshape(-1, hidden.shape[-1]), flat, tgt, rid))
@@ -491,7 +529,7 @@ def _score_split(decoder, head, rows: list[tuple[list[int], list[int]]], *, shar
             a, i = unit_loc[row_unit[r]]
             if scored[r][0] == row_plen[r]:
                 _, flat, tgt, rid = picks[a]
-                flat.append(i * a_runs[a][0].shape[1] + row_plen[r] - 1)
+                flat.append(i * a_runs[a][0].shape[1] + row_plen[r] - 1 - S)
                 tgt.append(rows[r][0][row_plen[r]])
                 rid.append(r)
         comp = {r: rows[r][0][row_plen[r]:] for r in shared}

@@ -7,6 +7,8 @@ completion lengths, pairs (rows i and B+i share a prompt), groups (k members and
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -200,8 +202,34 @@ def test_prompt_sharing_and_trimming_do_less_work(tok, model, monkeypatch):
     total = sum(seen)
     real = int(batch["attention_mask"].sum() + batch["gold_attention_mask"].sum())
     prompts = [r["input_ids"][: r["completion_mask"].index(1)] for r in (row(tok, 1, 1), row(tok, 2, 2))]
-    # 7 rows over 2 prompts: 5 prompt copies are skipped; call_cost 0 leaves no padding at all.
-    assert total == real - 3 * len(prompts[0]) - 2 * len(prompts[1])
+    system = os.path.commonprefix(prompts)   # the chat template's system turn and user header
+    assert len(system) > 10
+    # 7 rows over 2 prompts: 5 prompt copies are skipped, and the 2 prompts' common prefix runs once;
+    # call_cost 0 leaves no padding at all.
+    assert total == real - 3 * len(prompts[0]) - 2 * len(prompts[1]) - len(system)
+
+
+def test_rows_of_different_questions_run_their_common_prefix_once(tok, model, monkeypatch):
+    """SFT rows (no prompt shared whole) still share the system turn: it runs once, not once per row;
+    a call cost above what that saves turns it off."""
+    import lnrl.scoring as scoring
+
+    rows = [row(tok, q, a) for q, a in ((0, 0), (1, 1), (2, 2))]
+    batch = SFTCollator(tok.pad_token_id)(rows)
+    assert scoring._capabilities(model).share
+    seen = []
+    decoder = model.get_decoder()
+    real_forward = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda *a, **kw: (seen.append(tuple(kw["input_ids"].shape)),
+                                                             real_forward(*a, **kw))[1])
+    system = os.path.commonprefix([r["input_ids"] for r in rows])
+    real = int(batch["attention_mask"].sum())
+    score_batch(model, batch, call_cost_tokens=0)
+    assert (1, len(system)) in seen
+    assert sum(a * b for a, b in seen) == real - 2 * len(system)
+    seen.clear()
+    score_batch(model, batch, call_cost_tokens=2 * len(system))   # saving 2 x prefix does not beat one call
+    assert (1, len(system)) not in seen and sum(a * b for a, b in seen) >= real
 
 
 def test_models_the_split_cannot_reproduce_fall_back(tok):
