@@ -8,8 +8,10 @@ are most of the project's compute:
   dimension, where `num_return_sequences=k` prefills k copies (prefill is most of the cost on CPU);
 - the prefix every prompt of a call shares (the chat template's system turn, about a quarter of a GSM
   prompt's tokens) is run once per call, and its cache is copied into every prefill;
-- rows leave the batch when they finish (EOS or max_new_tokens): the cache is index-selected, and
-  padding columns no remaining row uses are cut, so late steps cost only the rows still running;
+- the cache reserves max_new_tokens free columns per row, and a decode step writes its keys/values
+  there in place (transformers' DynamicLayer concatenates, copying the whole cache every step);
+- rows leave the batch when they finish (EOS or max_new_tokens): the rows after them move up in place,
+  and padding columns no remaining row uses are cut, so late steps cost only the rows still running;
 - the freed rows are refilled with the next questions (continuous batching), so a step keeps the
   whole batch busy instead of finishing with a long tail of a few rows;
 - a batch is bounded by rows (`batch_size` questions x k) and by a token budget (`max_batch_tokens`:

@@ -176,7 +176,9 @@ def sequence_logps(logits: Tensor, input_ids: Tensor, completion_mask: Tensor,
 #            in chunks (`_HeadTargetLogProb`); no [B, T, V] tensor exists, forward or backward;
 #   prompts  rows with identical prompt ids (a pair's chosen and rejected, a group's k completions and
 #            its gold row) run the prompt once; their completions attend to its keys and values,
-#            gathered per row, so gradients reach the prompt computation from every completion;
+#            gathered per row, so gradients reach the prompt computation from every completion; the
+#            prefix all prompts share (the chat template's system turn) runs once per batch, when the
+#            tokens it saves outweigh a call (CALL_COST_TOKENS: on CPU, not on GPU);
 #   buckets  rows run without padding to the batch's longest row: sorted by length and cut into
 #            sub-batches where padding costs more than another forward call.
 # Models the split cannot reproduce (logit soft-capping or scaling, sliding windows, sharded heads)

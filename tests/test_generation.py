@@ -263,3 +263,31 @@ def test_greedy_equals_hf_generate_on_the_embedded_model():
     want = [[expected(tok, hf_greedy(model, tok, q, 48))] for q in questions]
     got = generate(model, tok, questions, max_new_tokens=48, batch_size=5, progress=False)
     assert got == want
+
+
+def test_slot_layer_writes_in_place_grows_and_compacts_like_concatenation():
+    """The engine's cache layer against plain torch.cat / indexing: columns written into the reserved
+    slots, growth past the reserve, rows kept in place, and an out-of-order selection refused."""
+    from lnrl.generation import _slot_layer_class
+
+    g = torch.Generator().manual_seed(0)
+    k0, v0 = torch.randn(4, 2, 5, 3, generator=g), torch.randn(4, 2, 5, 3, generator=g)
+    layer = _slot_layer_class()(spare=2)
+    layer.place(k0, v0)
+    buffer = layer._k
+    new = [(torch.randn(4, 2, 1, 3, generator=g), torch.randn(4, 2, 1, 3, generator=g)) for _ in range(3)]
+    want_k, want_v = k0, v0
+    for step, (k, v) in enumerate(new):
+        got_k, got_v = layer.update(k, v)
+        want_k, want_v = torch.cat([want_k, k], 2), torch.cat([want_v, v], 2)
+        assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+        assert (layer._k is buffer) == (step < 2)   # two columns reserved: the third grows the buffer
+    assert layer.get_seq_length() == 8
+    keep = torch.tensor([0, 2, 3])
+    layer.batch_select_indices(keep)
+    assert torch.equal(layer.keys, want_k[keep]) and torch.equal(layer.values, want_v[keep])
+    k, v = torch.randn(3, 2, 1, 3, generator=g), torch.randn(3, 2, 1, 3, generator=g)
+    got_k, _ = layer.update(k, v)
+    assert torch.equal(got_k, torch.cat([want_k[keep], k], 2))
+    with pytest.raises(ValueError, match="increasing"):
+        layer.batch_select_indices(torch.tensor([1, 0]))
