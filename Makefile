@@ -1,4 +1,4 @@
-# Two commands set everything up: `make demo` and `make test` (`make study`: the larger main job, ~50 min on 2 CPU cores).
+# Two commands set everything up: `make demo` and `make test` (`make study`: the larger main job, ~58 min on 2 CPU cores).
 # Both create .venv when missing and reuse it when present.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
