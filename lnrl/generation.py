@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from lnrl.data.tokenize import encode_prompt
 from lnrl.distributed import is_sharded
+from lnrl.scoring import shared_prefix_len
 
 # Cache slots (rows x (prompt + max_new_tokens)) a batch may reserve: a memory guard. The fp32 cache of
 # SmolLM2-135M costs 46 KB a slot, so 32k slots is about 1.5 GB. It should not bind before the callers'
@@ -534,13 +535,7 @@ def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     prefill needs a token per row to return its logits); 0 for fewer than two prompts."""
     if len(prompts) < 2:
         return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        i = 0
-        while i < n and p[i] == first[i]:
-            i += 1
-        n = i
-    return max(n, 0)
+    return shared_prefix_len(prompts, min(len(p) for p in prompts) - 1)
 
 
 def _collect(rows: list[_Row], out, left: list[int], on_done) -> None:

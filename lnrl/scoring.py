@@ -380,16 +380,23 @@ def _decode_on(decoder, bank: list[tuple[Tensor, Tensor]], ids: Tensor, attentio
     return out.last_hidden_state
 
 
-def _common_prefix(units: Sequence[Sequence[int]], limit: int) -> int:
-    """Length of the token prefix every unit starts with, at most `limit`."""
-    n = min(limit, *(len(u) for u in units))
-    first = units[0]
-    for u in units[1:]:
+def shared_prefix_len(seqs: Sequence[Sequence[int]], limit: int) -> int:
+    """Length of the token prefix all of `seqs` start with, at most `limit` (0 for a limit below 0).
+    The one prefix scan of lnrl: score_batch's shared system turn and the generation engine's."""
+    n = max(0, min(limit, *(len(q) for q in seqs)))
+    first = seqs[0]
+    for q in seqs[1:]:
         i = 0
-        while i < n and u[i] == first[i]:
+        while i < n and q[i] == first[i]:
             i += 1
         n = i
     return n
+
+
+def _require_cache(cache) -> None:
+    if not _cache_kv(cache):
+        raise RuntimeError("score_batch: the decoder filled no key/value cache (gradient checkpointing?); "
+                           "call with share_prompt=False")
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int, device) -> Tensor:
@@ -452,7 +459,7 @@ def _score_split(decoder, head, rows: list[tuple[list[int], list[int]]], *, shar
     S = 0
     if share_prompt and len(units) > 1:
         need = [len(units[u]) - 1 if is_prompt[u] else scored[unit_row[u]][0] - 1 for u in range(len(units))]
-        S = _common_prefix(units, min(need))
+        S = shared_prefix_len(units, min(need))
         if S * (len(units) - 1) <= call_cost:
             S = 0
     prefix_kv: list[tuple[Tensor, Tensor]] = []
@@ -460,10 +467,8 @@ def _score_split(decoder, head, rows: list[tuple[list[int], list[int]]], *, shar
         cache = _new_cache()
         decoder(input_ids=torch.tensor([units[0][:S]], device=device), use_cache=True,
                 **{_cache_kw(decoder): cache})
+        _require_cache(cache)
         prefix_kv = _cache_kv(cache)
-        if not prefix_kv:
-            raise RuntimeError("score_batch: the decoder filled no key/value cache (gradient checkpointing?); "
-                               "call with share_prompt=False")
 
     # (hidden [n*L, H] flattened, flat indices, targets, row ids) gathered per sub-batch
     picks: list[tuple[Tensor, list[int], list[int], list[int]]] = []
@@ -487,9 +492,8 @@ def _score_split(decoder, head, rows: list[tuple[list[int], list[int]]], *, shar
                 kw = {"use_cache": True, _cache_kw(decoder): cache}
             hidden = decoder(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, **kw).last_hidden_state
         a_runs.append((hidden, cache if want_cache else None, run))
-        if want_cache and not _cache_kv(cache):
-            raise RuntimeError("score_batch: the decoder filled no key/value cache (gradient checkpointing?); "
-                               "call with share_prompt=False")
+        if want_cache:
+            _require_cache(cache)
         flat, tgt, rid = [], [], []
         for i, u in enumerate(run):
             unit_loc[u] = (len(a_runs) - 1, i)
